@@ -1,0 +1,136 @@
+//! Assembling keygate from a validated `Config` and running it.
+//!
+//! `run` takes already-bound listeners and a shutdown future (as in
+//! mini-redis), so tests bind port 0 and stop cleanly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::broker::Broker;
+use crate::cache::ReadCache;
+use crate::config::{Config, UpstreamConfig};
+use crate::front::{self, aws::AwsFront};
+use crate::holds::Holds;
+use crate::store::{sqlite::SqliteStore, Store, StoreError};
+use crate::timestamp::Timestamp;
+use crate::upstream::{aws::AwsUpstream, dev::DevStore, SecretsUpstream};
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("state store {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+pub struct App {
+    aws: AwsFront,
+    admin: Admin,
+    broker: Arc<Broker>,
+}
+
+impl App {
+    pub async fn build(config: &Config) -> Result<App, AppError> {
+        let store_err = |source| AppError::Store {
+            path: config.server.state.display().to_string(),
+            source,
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.server.state).map_err(store_err)?);
+        let digest_key = store.digest_key().await.map_err(store_err)?;
+        let holds = Holds::load(store.clone(), config.gate.max_pending_per_identity, Timestamp::now())
+            .await
+            .map_err(store_err)?;
+        let upstream: Arc<dyn SecretsUpstream> = match &config.upstream {
+            UpstreamConfig::Dev => {
+                let seeds: Vec<(String, String)> = config
+                    .dev_secrets
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.expose().to_string()))
+                    .collect();
+                Arc::new(DevStore::new(&config.server.region, &seeds, std::time::SystemTime::now()))
+            }
+            UpstreamConfig::Aws { region, endpoint, timeout } => {
+                Arc::new(AwsUpstream::new(region.clone(), endpoint.clone(), *timeout).await)
+            }
+        };
+        if matches!(config.upstream, UpstreamConfig::Dev) {
+            tracing::warn!("upstream is the embedded dev store: secrets live in memory, NOT FOR PRODUCTION");
+        }
+        tracing::info!(upstream = %upstream.describe(), pending = holds.pending_count().await, "state loaded");
+        let broker = Arc::new(Broker::new(config.policy.clone(), holds, store.clone(), digest_key));
+        let identities: Vec<Arc<_>> = config.identities.iter().cloned().map(Arc::new).collect();
+        let aws = AwsFront::new(
+            config.server.region.clone(),
+            &identities,
+            broker.clone(),
+            upstream,
+            ReadCache::new(config.cache.ttl, config.cache.max_entries),
+            config.server.max_body_bytes,
+        );
+        let admin = Admin::new(config, broker.clone(), store);
+        Ok(App { aws, admin, broker })
+    }
+
+    /// Serve both listeners until `shutdown` resolves.
+    pub async fn run(self, workload: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
+        let app = Arc::new(self);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sweeper = {
+            let app = app.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = app.broker.holds().sweep(Timestamp::now()).await {
+                                tracing::error!(error = %e, "expiring overdue requests failed; will retry");
+                            }
+                        }
+                        _ = stop.changed() => break,
+                    }
+                }
+            })
+        };
+        let workload_app = app.clone();
+        let workload_server = crate::server::serve(
+            "workload",
+            workload,
+            move |req| {
+                let app = workload_app.clone();
+                async move { front::route(&app.aws, req).await }
+            },
+            stop_rx.clone(),
+            SHUTDOWN_GRACE,
+        );
+        let admin_app = app.clone();
+        let admin_server = crate::server::serve(
+            "admin",
+            admin,
+            move |req| {
+                let app = admin_app.clone();
+                async move { app.admin.handle(req).await }
+            },
+            stop_rx,
+            SHUTDOWN_GRACE,
+        );
+        let servers = tokio::spawn(async move {
+            tokio::join!(workload_server, admin_server);
+        });
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = servers.await;
+        let _ = sweeper.await;
+    }
+}

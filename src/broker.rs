@@ -1,0 +1,272 @@
+//! The data path shared by every front end: decide, audit, hold.
+//!
+//! A front end authenticates the workload and translates its wire request
+//! into an `AccessRequest`; `Broker::admit` answers whether it may proceed.
+//! Only then does the front end consult the cache or the upstream, so
+//! authorization always comes before the cache.
+//!
+//! **Invariant:** nothing proceeds unaudited: the decision's audit event is
+//! committed before `admit` returns `Proceed`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::audit::{AuditEvent, AuditKind, POLICY_ACTOR};
+use crate::gate::Subject;
+use crate::holds::{Admit, HoldError, Holds, Outcome};
+use crate::policy::{self, Decision, Front, OpClass, Policy, ReadHistory};
+use crate::store::{Commit, Store, StoreError};
+use crate::timestamp::Timestamp;
+
+/// One workload request, as every front end describes it.
+#[derive(Debug, Clone)]
+pub struct AccessRequest {
+    pub identity: String,
+    pub groups: Vec<String>,
+    pub front: Front,
+    pub operation: String,
+    pub class: OpClass,
+    pub resources: Vec<String>,
+    /// Parameters with secret values removed (shown to approvers).
+    pub parameters: serde_json::Value,
+    /// Canonical bytes of every parameter that binds an approval.
+    pub digest_material: Vec<u8>,
+    pub justification: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Proceed {
+        rule: Option<String>,
+        /// The held request whose grant this execution uses.
+        grant: Option<String>,
+    },
+    Refused(Refusal),
+}
+
+/// Why a request may not proceed; each front end words it natively.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Policy { rule: Option<String>, reason: String },
+    AwaitingApproval { id: String, rule: String, group: String },
+    Rejected { id: String, by: String, reason: String },
+    Expired { id: String },
+    GrantUnavailable { id: String, why: String },
+    TooManyPending { limit: usize },
+}
+
+impl Refusal {
+    /// The message the client sees (never a secret value).
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Policy { rule: Some(rule), reason } => {
+                format!("keygate: denied by rule {rule}: {reason}")
+            }
+            Refusal::Policy { rule: None, reason } => format!("keygate: {reason}"),
+            Refusal::AwaitingApproval { id, rule, group } => format!(
+                "keygate: request {id} is awaiting approval by {group} (rule {rule}); \
+                 retry the same request after it is approved"
+            ),
+            Refusal::Rejected { id, by, reason } => {
+                format!("keygate: request {id} was denied by {by}: {reason}")
+            }
+            Refusal::Expired { id } => {
+                format!("keygate: request {id} expired without a decision and was not allowed")
+            }
+            Refusal::GrantUnavailable { id, why } => {
+                format!("keygate: request {id} was approved but cannot be used: {why}")
+            }
+            Refusal::TooManyPending { limit } => format!(
+                "keygate: this identity already has {limit} requests awaiting approval; \
+                 wait for decisions before asking again"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("could not record the decision: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct Broker {
+    policy: Policy,
+    holds: Holds,
+    store: Arc<dyn Store>,
+    digest_key: [u8; 32],
+    /// Per-identity recent reads for volume rules. A std mutex: held only for
+    /// a few map operations, never across an `.await`.
+    histories: Mutex<HashMap<String, ReadHistory>>,
+    history_keep: Duration,
+}
+
+impl Broker {
+    pub fn new(policy: Policy, holds: Holds, store: Arc<dyn Store>, digest_key: [u8; 32]) -> Broker {
+        let history_keep = policy.longest_volume_window();
+        Broker {
+            policy,
+            holds,
+            store,
+            digest_key,
+            histories: Mutex::new(HashMap::new()),
+            history_keep,
+        }
+    }
+
+    pub fn holds(&self) -> &Holds {
+        &self.holds
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Keyed digest of the exact request: identity, front, operation and
+    /// every binding parameter. Keyed so that a digest of a low-entropy
+    /// secret written through keygate cannot be brute-forced from the store.
+    pub fn digest(&self, req: &AccessRequest) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key)
+            .expect("HMAC accepts keys of any length");
+        for part in [req.identity.as_bytes(), req.front.as_str().as_bytes(), req.operation.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&req.digest_material);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    pub async fn admit(&self, req: &AccessRequest) -> Result<Admission, BrokerError> {
+        let now = Timestamp::now();
+        let decision = {
+            let view = policy::Request {
+                identity: &req.identity,
+                groups: &req.groups,
+                front: req.front,
+                operation: &req.operation,
+                class: req.class,
+                resources: &req.resources,
+            };
+            let histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
+            let empty = ReadHistory::default();
+            let history = histories.get(&req.identity).unwrap_or(&empty);
+            match self.policy.decide(&view, history, now) {
+                Decision::Allow { rule } => Decided::Allow(rule.map(str::to_string)),
+                Decision::Deny { rule, reason } => Decided::Deny(rule.map(str::to_string), reason),
+                Decision::Hold { rule, spec, reasons } => Decided::Hold(rule.to_string(), spec.clone(), reasons),
+            }
+        };
+        match decision {
+            Decided::Allow(rule) => {
+                let mut e = self.event(AuditKind::Allowed, POLICY_ACTOR, req, now);
+                e.rule = rule.clone();
+                self.store.commit(Commit::event(e)).await?;
+                self.record_reads(req, now);
+                Ok(Admission::Proceed { rule, grant: None })
+            }
+            Decided::Deny(rule, reason) => {
+                let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
+                e.rule = rule.clone();
+                e.detail = Some(reason.clone());
+                self.store.commit(Commit::event(e)).await?;
+                Ok(Admission::Refused(Refusal::Policy { rule, reason }))
+            }
+            Decided::Hold(rule, spec, reasons) => self.hold(req, rule, spec, reasons, now).await,
+        }
+    }
+
+    async fn hold(
+        &self,
+        req: &AccessRequest,
+        rule: String,
+        spec: policy::HoldSpec,
+        reasons: Vec<String>,
+        now: Timestamp,
+    ) -> Result<Admission, BrokerError> {
+        let subject = Subject {
+            identity: req.identity.clone(),
+            front: req.front,
+            operation: req.operation.clone(),
+            class: req.class,
+            resources: req.resources.clone(),
+            parameters: req.parameters.clone(),
+            justification: req.justification.clone(),
+            digest: self.digest(req),
+        };
+        let admitted = match self.holds.admit(subject, &rule, reasons, &spec, now).await {
+            Ok(a) => a,
+            Err(HoldError::TooManyPending { limit, .. }) => {
+                let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
+                e.rule = Some(rule);
+                e.detail = Some(format!("pending request limit ({limit}) reached"));
+                self.store.commit(Commit::event(e)).await?;
+                return Ok(Admission::Refused(Refusal::TooManyPending { limit }));
+            }
+            Err(HoldError::Store(e)) => return Err(e.into()),
+            Err(other) => {
+                return Ok(Admission::Refused(Refusal::Policy {
+                    rule: Some(rule),
+                    reason: other.to_string(),
+                }))
+            }
+        };
+        let (id, rx) = match admitted {
+            Admit::Granted { id } => {
+                self.record_reads(req, now);
+                return Ok(Admission::Proceed { rule: Some(rule), grant: Some(id) });
+            }
+            Admit::Denied { id, denial } => {
+                return Ok(Admission::Refused(Refusal::Rejected { id, by: denial.by, reason: denial.reason }))
+            }
+            Admit::Waiting { id, rx } => (id, rx),
+        };
+        match Holds::wait(rx, spec.hold_window).await {
+            Outcome::Pending => Ok(Admission::Refused(Refusal::AwaitingApproval {
+                id,
+                rule,
+                group: spec.approver_group,
+            })),
+            Outcome::Denied(d) => Ok(Admission::Refused(Refusal::Rejected { id, by: d.by, reason: d.reason })),
+            Outcome::Expired => Ok(Admission::Refused(Refusal::Expired { id })),
+            Outcome::Approved => match self.holds.release(&id, Timestamp::now()).await {
+                Ok(()) => {
+                    self.record_reads(req, now);
+                    Ok(Admission::Proceed { rule: Some(rule), grant: Some(id) })
+                }
+                Err(HoldError::Store(e)) => Err(e.into()),
+                // Another waiter on the same merged request used a one-time grant first.
+                Err(other) => Ok(Admission::Refused(Refusal::GrantUnavailable { id, why: other.to_string() })),
+            },
+        }
+    }
+
+    fn event(&self, kind: AuditKind, actor: &str, req: &AccessRequest, now: Timestamp) -> AuditEvent {
+        let mut e = AuditEvent::new(kind, actor, now);
+        e.identity = Some(req.identity.clone());
+        e.front = Some(req.front);
+        e.operation = Some(req.operation.clone());
+        e.resources = req.resources.clone();
+        e
+    }
+
+    fn record_reads(&self, req: &AccessRequest, now: Timestamp) {
+        if self.history_keep.is_zero() || !matches!(req.class, OpClass::Read | OpClass::Bulk) {
+            return;
+        }
+        let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
+        histories
+            .entry(req.identity.clone())
+            .or_default()
+            .record(now, self.history_keep, &req.resources);
+    }
+}
+
+enum Decided {
+    Allow(Option<String>),
+    Deny(Option<String>, String),
+    Hold(String, policy::HoldSpec, Vec<String>),
+}

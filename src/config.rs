@@ -1,0 +1,913 @@
+//! Configuration: a raw serde shape (`deny_unknown_fields`) read from TOML,
+//! then validated into typed `Config`. Every error names the key, the bad
+//! value and what is allowed. `keygate check` and `keygate serve` run the same
+//! code, and `serve` binds nothing until this has succeeded.
+//!
+//! Secrets in the file may be given inline (demo only), as `env:NAME` or as
+//! `file:/path`; they are resolved here and held as `SecretString`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::front::aws::ops as aws_ops;
+use crate::glob::Glob;
+use crate::policy::{
+    Action, Conditions, DefaultAction, Front, GrantSpec, HoldSpec, OpClass, Policy, Rule,
+    VolumeCondition,
+};
+use crate::secret::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub gate: GateConfig,
+    pub identities: Vec<Identity>,
+    pub approvers: Vec<Approver>,
+    pub dev_secrets: Vec<(String, SecretString)>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub region: String,
+    pub state: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamConfig {
+    /// The embedded dev store (not for production).
+    Dev,
+    /// AWS Secrets Manager through the official SDK.
+    Aws {
+        region: Option<String>,
+        endpoint: Option<String>,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    pub max_pending_per_identity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub groups: Vec<String>,
+    /// The approver who owns this workload; their approval never counts for it.
+    pub owner: Option<String>,
+    pub aws: Option<AwsKey>,
+    pub vault_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsKey {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct Approver {
+    pub name: String,
+    /// SHA-256 of the bearer token; the token itself is not kept.
+    pub token_sha256: [u8; 32],
+    pub groups: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        raw.validate()
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+// ---------------------------------------------------------------------------
+// Raw shape
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    gate: RawGate,
+    #[serde(default)]
+    identities: Vec<RawIdentity>,
+    #[serde(default)]
+    approvers: Vec<RawApprover>,
+    #[serde(default)]
+    dev_store: RawDevStore,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    admin_listen: String,
+    #[serde(default = "default_region")]
+    region: String,
+    state: PathBuf,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+fn default_max_body() -> usize {
+    // Secrets Manager caps a secret at 64 KiB; a batch request is small.
+    1024 * 1024
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    kind: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    ttl: Option<String>,
+    max_entries: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    max_pending_per_identity: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    name: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    owner: Option<String>,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    vault_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprover {
+    name: String,
+    token: Option<String>,
+    token_sha256: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDevStore {
+    #[serde(default)]
+    secrets: Vec<RawDevSecret>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevSecret {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default = "default_deny")]
+    default: String,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy {
+            default: default_deny(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn default_deny() -> String {
+    "deny".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default)]
+    identities: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    fronts: Vec<String>,
+    #[serde(default)]
+    operations: Vec<String>,
+    #[serde(default)]
+    classes: Vec<String>,
+    #[serde(default)]
+    resources: Vec<String>,
+    min_batch: Option<u32>,
+    min_distinct_reads: Option<u32>,
+    reads_within: Option<String>,
+    action: String,
+    reason: Option<String>,
+    approvers: Option<String>,
+    approvals: Option<u32>,
+    hold_window: Option<String>,
+    request_ttl: Option<String>,
+    approval_ttl: Option<String>,
+    grant: Option<String>,
+    grant_uses: Option<u32>,
+    grant_window: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| {
+        invalid(
+            key,
+            format!("{value:?} is not a duration ({e}); use e.g. \"20s\", \"15m\", \"1h\""),
+        )
+    })
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address; use IP:PORT, e.g. \"127.0.0.1:8740\""),
+        )
+    })
+}
+
+/// Resolve `env:NAME`, `file:/path` or an inline value.
+pub fn resolve_secret(key: &str, value: &str) -> Result<SecretString, ConfigError> {
+    if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name)
+            .map(SecretString::new)
+            .map_err(|_| invalid(key, format!("environment variable {name} is not set")))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| SecretString::new(s.trim_end_matches(['\n', '\r'])))
+            .map_err(|e| invalid(key, format!("cannot read {path}: {e}")))
+    } else {
+        Ok(SecretString::new(value))
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let server = ServerConfig {
+            listen: socket_addr("server.listen", &self.server.listen)?,
+            admin_listen: socket_addr("server.admin_listen", &self.server.admin_listen)?,
+            region: non_empty("server.region", self.server.region)?,
+            state: self.server.state,
+            max_body_bytes: self.server.max_body_bytes,
+        };
+        let log = LogConfig {
+            format: match self.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("{other:?} is not allowed; use \"text\" or \"json\""),
+                    ))
+                }
+            },
+            level: self.log.level.unwrap_or_else(|| "info".to_string()),
+        };
+        let upstream = match self.upstream.kind.as_deref() {
+            None | Some("dev") => {
+                for (k, v) in [
+                    ("region", &self.upstream.region),
+                    ("endpoint", &self.upstream.endpoint),
+                ] {
+                    if v.is_some() {
+                        return Err(invalid(
+                            format!("upstream.{k}"),
+                            "only applies to kind = \"aws\"",
+                        ));
+                    }
+                }
+                UpstreamConfig::Dev
+            }
+            Some("aws") => UpstreamConfig::Aws {
+                region: self.upstream.region,
+                endpoint: self.upstream.endpoint,
+                timeout: match &self.upstream.timeout {
+                    Some(t) => duration("upstream.timeout", t)?,
+                    None => Duration::from_secs(10),
+                },
+            },
+            Some(other) => {
+                return Err(invalid(
+                    "upstream.kind",
+                    format!("{other:?} is not allowed; use \"dev\" or \"aws\""),
+                ))
+            }
+        };
+        let cache = CacheConfig {
+            ttl: match &self.cache.ttl {
+                Some(t) => duration("cache.ttl", t)?,
+                None => Duration::from_secs(30),
+            },
+            max_entries: self.cache.max_entries.unwrap_or(10_000),
+        };
+        let gate = GateConfig {
+            max_pending_per_identity: match self.gate.max_pending_per_identity {
+                Some(0) => {
+                    return Err(invalid(
+                        "gate.max_pending_per_identity",
+                        "0 would refuse every hold; use at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => 20,
+            },
+        };
+        let approvers = validate_approvers(self.approvers)?;
+        let identities = validate_identities(self.identities, &approvers)?;
+        let dev_secrets = validate_dev_secrets(self.dev_store.secrets, &upstream)?;
+        let policy = validate_policy(self.policy, &approvers)?;
+        Ok(Config {
+            server,
+            log,
+            upstream,
+            cache,
+            gate,
+            identities,
+            approvers,
+            dev_secrets,
+            policy,
+        })
+    }
+}
+
+fn non_empty(key: &str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(invalid(key, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn validate_approvers(raw: Vec<RawApprover>) -> Result<Vec<Approver>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, a) in raw.into_iter().enumerate() {
+        let key = format!("approvers[{i}]");
+        let name = non_empty(&format!("{key}.name"), a.name)?;
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!("{key}.name"), format!("{name:?} is listed twice")));
+        }
+        let token_sha256 = match (a.token, a.token_sha256) {
+            (Some(t), None) => {
+                let token = resolve_secret(&format!("{key}.token"), &t)?;
+                if token.expose().len() < 8 {
+                    return Err(invalid(format!("{key}.token"), "must be at least 8 characters"));
+                }
+                sha256(token.expose().as_bytes())
+            }
+            (None, Some(h)) => {
+                let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+                bytes.ok_or_else(|| {
+                    invalid(format!("{key}.token_sha256"), "must be 64 hex characters (a SHA-256)")
+                })?
+            }
+            _ => {
+                return Err(invalid(
+                    key,
+                    "give exactly one of `token` or `token_sha256`",
+                ))
+            }
+        };
+        if !hashes.insert(token_sha256) {
+            return Err(invalid(format!("{key}.token"), "the same token is used by another approver"));
+        }
+        out.push(Approver {
+            name,
+            token_sha256,
+            groups: a.groups,
+        });
+    }
+    Ok(out)
+}
+
+fn validate_identities(
+    raw: Vec<RawIdentity>,
+    approvers: &[Approver],
+) -> Result<Vec<Identity>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut key_ids = HashSet::new();
+    let mut tokens = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("identities[{i}]");
+        let name = non_empty(&format!("{key}.name"), r.name)?;
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!("{key}.name"), format!("{name:?} is listed twice")));
+        }
+        // A workload can never act as an approver: keep the namespaces apart.
+        if approvers.iter().any(|a| a.name == name) {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{name:?} is also an approver; workload identities cannot approve"),
+            ));
+        }
+        if let Some(owner) = &r.owner {
+            if !approvers.iter().any(|a| &a.name == owner) {
+                return Err(invalid(
+                    format!("{key}.owner"),
+                    format!("{owner:?} is not a configured approver"),
+                ));
+            }
+        }
+        let aws = match (r.aws_access_key_id, r.aws_secret_access_key) {
+            (Some(id), Some(secret)) => {
+                if !id.chars().all(|c| c.is_ascii_alphanumeric()) || id.len() < 16 {
+                    return Err(invalid(
+                        format!("{key}.aws_access_key_id"),
+                        format!("{id:?} must be at least 16 ASCII letters and digits"),
+                    ));
+                }
+                if !key_ids.insert(id.clone()) {
+                    return Err(invalid(
+                        format!("{key}.aws_access_key_id"),
+                        format!("{id:?} is used by another identity"),
+                    ));
+                }
+                Some(AwsKey {
+                    access_key_id: id,
+                    secret_access_key: resolve_secret(&format!("{key}.aws_secret_access_key"), &secret)?,
+                })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    key,
+                    "aws_access_key_id and aws_secret_access_key go together",
+                ))
+            }
+        };
+        let vault_token = match r.vault_token {
+            Some(t) => {
+                let token = resolve_secret(&format!("{key}.vault_token"), &t)?;
+                if !tokens.insert(token.expose().to_string()) {
+                    return Err(invalid(format!("{key}.vault_token"), "used by another identity"));
+                }
+                if approvers.iter().any(|a| a.token_sha256 == sha256(token.expose().as_bytes())) {
+                    return Err(invalid(format!("{key}.vault_token"), "equals an approver's token"));
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        out.push(Identity {
+            name,
+            groups: r.groups,
+            owner: r.owner,
+            aws,
+            vault_token,
+        });
+    }
+    Ok(out)
+}
+
+fn validate_dev_secrets(
+    raw: Vec<RawDevSecret>,
+    upstream: &UpstreamConfig,
+) -> Result<Vec<(String, SecretString)>, ConfigError> {
+    if !raw.is_empty() && !matches!(upstream, UpstreamConfig::Dev) {
+        return Err(invalid(
+            "dev_store.secrets",
+            "only used with upstream.kind = \"dev\"; remove them or switch the upstream",
+        ));
+    }
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = format!("dev_store.secrets[{i}]");
+            let name = non_empty(&format!("{key}.name"), s.name)?;
+            if !seen.insert(name.clone()) {
+                return Err(invalid(format!("{key}.name"), format!("{name:?} is listed twice")));
+            }
+            Ok((name, resolve_secret(&format!("{key}.value"), &s.value)?))
+        })
+        .collect()
+}
+
+fn validate_policy(raw: RawPolicy, approvers: &[Approver]) -> Result<Policy, ConfigError> {
+    let default = match raw.default.as_str() {
+        "deny" => DefaultAction::Deny,
+        "allow" => DefaultAction::Allow,
+        other => {
+            return Err(invalid(
+                "policy.default",
+                format!("{other:?} is not allowed; use \"deny\" (recommended) or \"allow\""),
+            ))
+        }
+    };
+    let mut group_sizes: HashMap<&str, u32> = HashMap::new();
+    for a in approvers {
+        for g in &a.groups {
+            *group_sizes.entry(g.as_str()).or_default() += 1;
+        }
+    }
+    let mut names = HashSet::new();
+    let mut rules = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let key = format!("policy.rules[{i}]");
+        let name = non_empty(&format!("{key}.name"), r.name.clone())?;
+        if !names.insert(name.clone()) {
+            return Err(invalid(format!("{key}.name"), format!("{name:?} is used by another rule")));
+        }
+        rules.push(validate_rule(&key, name, r, &group_sizes)?);
+    }
+    Ok(Policy { default, rules })
+}
+
+fn validate_rule(
+    key: &str,
+    name: String,
+    r: RawRule,
+    group_sizes: &HashMap<&str, u32>,
+) -> Result<Rule, ConfigError> {
+    let fronts = r
+        .fronts
+        .iter()
+        .map(|f| match f.as_str() {
+            "aws" => Ok(Front::Aws),
+            "vault" => Ok(Front::Vault),
+            other => Err(invalid(
+                format!("{key}.fronts"),
+                format!("{other:?} is not allowed; use \"aws\" or \"vault\""),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for op in &r.operations {
+        if aws_ops::classify(op).is_none() {
+            return Err(invalid(
+                format!("{key}.operations"),
+                format!(
+                    "{op:?} is not a known operation; allowed: {}",
+                    aws_ops::names().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    let classes = r
+        .classes
+        .iter()
+        .map(|c| {
+            OpClass::parse(c).ok_or_else(|| {
+                let allowed: Vec<&str> = OpClass::ALL.iter().map(|c| c.as_str()).collect();
+                invalid(
+                    format!("{key}.classes"),
+                    format!("{c:?} is not allowed; use one of {}", allowed.join(", ")),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let distinct_reads = match (r.min_distinct_reads, &r.reads_within) {
+        (None, None) => None,
+        (Some(0), _) => {
+            return Err(invalid(format!("{key}.min_distinct_reads"), "must be at least 1"))
+        }
+        (Some(count), Some(w)) => Some(VolumeCondition {
+            count,
+            window: duration(&format!("{key}.reads_within"), w)?,
+        }),
+        _ => {
+            return Err(invalid(
+                key,
+                "min_distinct_reads and reads_within go together",
+            ))
+        }
+    };
+    let hold_keys = [
+        ("approvers", r.approvers.is_some()),
+        ("approvals", r.approvals.is_some()),
+        ("hold_window", r.hold_window.is_some()),
+        ("request_ttl", r.request_ttl.is_some()),
+        ("approval_ttl", r.approval_ttl.is_some()),
+        ("grant", r.grant.is_some()),
+        ("grant_uses", r.grant_uses.is_some()),
+        ("grant_window", r.grant_window.is_some()),
+    ];
+    let action = match r.action.as_str() {
+        "allow" | "deny" => {
+            if let Some((k, _)) = hold_keys.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    format!("{key}.{k}"),
+                    format!("only applies to action = \"hold\", not {:?}", r.action),
+                ));
+            }
+            if r.action == "allow" {
+                if r.reason.is_some() {
+                    return Err(invalid(format!("{key}.reason"), "only applies to deny and hold"));
+                }
+                Action::Allow
+            } else {
+                Action::Deny {
+                    reason: r
+                        .reason
+                        .unwrap_or_else(|| format!("denied by policy rule {name}")),
+                }
+            }
+        }
+        "hold" => Action::Hold(validate_hold(key, &r, group_sizes)?),
+        other => {
+            return Err(invalid(
+                format!("{key}.action"),
+                format!("{other:?} is not allowed; use \"allow\", \"hold\" or \"deny\""),
+            ))
+        }
+    };
+    Ok(Rule {
+        name,
+        identities: r.identities.iter().map(|p| Glob::new(p)).collect(),
+        groups: r.groups,
+        fronts,
+        operations: r.operations,
+        classes,
+        resources: r.resources.iter().map(|p| Glob::new(p)).collect(),
+        conditions: Conditions {
+            min_batch: r.min_batch,
+            distinct_reads,
+        },
+        action,
+    })
+}
+
+fn validate_hold(
+    key: &str,
+    r: &RawRule,
+    group_sizes: &HashMap<&str, u32>,
+) -> Result<HoldSpec, ConfigError> {
+    let group = r
+        .approvers
+        .clone()
+        .ok_or_else(|| invalid(format!("{key}.approvers"), "a hold rule must name an approver group"))?;
+    // Fail closed: a hold nobody could approve, or approved by nobody, is a config error.
+    let approvals = match r.approvals {
+        None => NonZeroU32::MIN,
+        Some(n) => NonZeroU32::new(n).ok_or_else(|| {
+            invalid(
+                format!("{key}.approvals"),
+                "0 is not allowed: a rule that needs approval needs at least 1",
+            )
+        })?,
+    };
+    let members = group_sizes.get(group.as_str()).copied().unwrap_or(0);
+    if members == 0 {
+        return Err(invalid(
+            format!("{key}.approvers"),
+            format!("group {group:?} has no approvers; add approvers with groups = [{group:?}]"),
+        ));
+    }
+    if approvals.get() > members {
+        return Err(invalid(
+            format!("{key}.approvals"),
+            format!("{approvals} approvals needed but group {group:?} has only {members} approver(s)"),
+        ));
+    }
+    let dur = |k: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => duration(&format!("{key}.{k}"), s),
+        None => Ok(default),
+    };
+    let hold_window = dur("hold_window", &r.hold_window, Duration::from_secs(20))?;
+    let request_ttl = dur("request_ttl", &r.request_ttl, Duration::from_secs(3600))?;
+    let approval_ttl = dur("approval_ttl", &r.approval_ttl, Duration::from_secs(900))?;
+    if request_ttl < hold_window {
+        return Err(invalid(
+            format!("{key}.request_ttl"),
+            "must be at least hold_window: a request cannot expire while its client still waits",
+        ));
+    }
+    let grant = match r.grant.as_deref() {
+        None | Some("once") => {
+            if r.grant_uses.is_some() || r.grant_window.is_some() {
+                return Err(invalid(
+                    format!("{key}.grant"),
+                    "grant_uses and grant_window need grant = \"window\"",
+                ));
+            }
+            GrantSpec::Once
+        }
+        Some("window") => {
+            let uses = r.grant_uses.and_then(NonZeroU32::new).ok_or_else(|| {
+                invalid(format!("{key}.grant_uses"), "grant = \"window\" needs grant_uses >= 1")
+            })?;
+            let window = r.grant_window.as_ref().ok_or_else(|| {
+                invalid(format!("{key}.grant_window"), "grant = \"window\" needs a grant_window")
+            })?;
+            GrantSpec::Window {
+                uses,
+                window: duration(&format!("{key}.grant_window"), window)?,
+            }
+        }
+        Some(other) => {
+            return Err(invalid(
+                format!("{key}.grant"),
+                format!("{other:?} is not allowed; use \"once\" or \"window\""),
+            ))
+        }
+    };
+    Ok(HoldSpec {
+        approver_group: group,
+        approvals,
+        hold_window,
+        request_ttl,
+        approval_ttl,
+        grant,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+state = "x.db"
+[[approvers]]
+name = "alice"
+token = "kg-alice-token"
+groups = ["secops"]
+[[identities]]
+name = "app"
+aws_access_key_id = "AKIAKEYGATETEST0001"
+aws_secret_access_key = "s"
+"#;
+
+    fn check_err(extra: &str, key: &str, words: &str) {
+        let text = format!("{BASE}{extra}");
+        let err = Config::parse(&text, Path::new("t.toml")).expect_err("must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains(key) && msg.contains(words), "{msg}");
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for f in ["config/demo.toml", "config/demo-upstream.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!(cfg.policy.default, DefaultAction::Deny, "{f}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_key_and_value() {
+        let hold = "[[policy.rules]]\nname = \"h\"\naction = \"hold\"\napprovers = \"secops\"\n";
+        check_err(&format!("{hold}approvals = 0\n"), "policy.rules[0].approvals", "at least 1");
+        check_err(&format!("{hold}approvals = 2\n"), "policy.rules[0].approvals", "only 1");
+        check_err(
+            "[[policy.rules]]\nname = \"h\"\naction = \"hold\"\napprovers = \"nobody\"\n",
+            "policy.rules[0].approvers",
+            "no approvers",
+        );
+        check_err(
+            "[[policy.rules]]\nname = \"a\"\naction = \"allow\"\napprovals = 1\n",
+            "policy.rules[0].approvals",
+            "only applies to action = \"hold\"",
+        );
+        check_err("[[policy.rules]]\nname = \"a\"\naction = \"permit\"\n", "policy.rules[0].action", "\"permit\"");
+        check_err(
+            "[[policy.rules]]\nname = \"a\"\naction = \"allow\"\noperations = [\"GetSecret\"]\n",
+            "policy.rules[0].operations",
+            "GetSecretValue",
+        );
+        check_err(&format!("{hold}hold_window = \"soon\"\n"), "policy.rules[0].hold_window", "\"soon\"");
+        check_err("[policy]\ndefault = \"maybe\"\n", "policy.default", "\"maybe\"");
+        check_err("[cache]\nttl = \"1s\"\nsize = 3\n", "unknown field", "size");
+    }
+
+    #[test]
+    fn workload_cannot_share_an_approver_name_or_token() {
+        let text = BASE.replace("name = \"app\"", "name = \"alice\"");
+        let err = Config::parse(&text, Path::new("t.toml")).expect_err("refused");
+        assert!(err.to_string().contains("workload identities cannot approve"), "{err}");
+        let err = Config::parse(
+            &format!("{BASE}vault_token = \"kg-alice-token\"\n"),
+            Path::new("t.toml"),
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("approver's token"), "{err}");
+    }
+
+    #[test]
+    fn secret_references_resolve_from_env_and_file() {
+        std::env::set_var("KEYGATE_TEST_SECRET_REF", "from-env");
+        assert_eq!(resolve_secret("k", "env:KEYGATE_TEST_SECRET_REF").map(|s| s.expose().to_string()).ok(), Some("from-env".into()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("s");
+        std::fs::write(&p, "from-file\n").expect("write");
+        let got = resolve_secret("k", &format!("file:{}", p.display())).expect("file ref");
+        assert_eq!(got.expose(), "from-file");
+        let err = resolve_secret("identities[0].x", "env:KEYGATE_TEST_UNSET_VAR").expect_err("unset");
+        assert!(err.to_string().contains("identities[0].x") && err.to_string().contains("KEYGATE_TEST_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,41 @@
+//! Front ends: the wire protocols workloads speak. Only `front::*` and
+//! `admin` know HTTP. The workload listener routes each request to the front
+//! end whose protocol it speaks.
+
+pub mod aws;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+pub type Body = Full<Bytes>;
+
+/// Read a request body up to `limit` bytes; `None` if it is larger (or broken).
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Broken(e.to_string())),
+    }
+}
+
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// The workload listener: Vault paths (`/v1/...`) are not served yet;
+/// everything else is the AWS Secrets Manager JSON protocol.
+pub async fn route(aws: &aws::AwsFront, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path().starts_with("/v1/") {
+        let body = r#"{"errors":["keygate: the Vault API front end is not enabled on this listener"]}"#;
+        return Response::builder()
+            .status(404)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap_or_default();
+    }
+    aws.handle(req).await
+}

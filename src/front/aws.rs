@@ -1,0 +1,262 @@
+//! The AWS Secrets Manager front end: `POST /` with `X-Amz-Target:
+//! secretsmanager.<Operation>` and JSON 1.1 bodies, SigV4-authenticated with
+//! keygate-issued keys. Responses and errors are in AWS's own shapes so the
+//! SDKs and the aws CLI parse them unchanged.
+//!
+//! `error_response` is the one place that turns failures into the wire format.
+
+pub mod ops;
+pub mod sigv4;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::Value;
+
+use super::{read_body, Body, BodyError};
+use crate::broker::{AccessRequest, Admission, Broker, Refusal};
+use crate::cache::ReadCache;
+use crate::config::Identity;
+use crate::policy::Front;
+use crate::secret::SecretBytes;
+use crate::timestamp::Timestamp;
+use crate::upstream::{SecretsUpstream, ServiceError, UpstreamError};
+
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+const TARGET_PREFIX: &str = "secretsmanager.";
+pub const JUSTIFICATION_HEADER: &str = "x-keygate-justification";
+
+pub struct AwsFront {
+    region: String,
+    /// Access key id -> identity.
+    keys: HashMap<String, Arc<Identity>>,
+    broker: Arc<Broker>,
+    upstream: Arc<dyn SecretsUpstream>,
+    cache: ReadCache,
+    max_body_bytes: usize,
+}
+
+impl AwsFront {
+    pub fn new(
+        region: String,
+        identities: &[Arc<Identity>],
+        broker: Arc<Broker>,
+        upstream: Arc<dyn SecretsUpstream>,
+        cache: ReadCache,
+        max_body_bytes: usize,
+    ) -> AwsFront {
+        let keys = identities
+            .iter()
+            .filter_map(|i| i.aws.as_ref().map(|k| (k.access_key_id.clone(), i.clone())))
+            .collect();
+        AwsFront {
+            region,
+            keys,
+            broker,
+            upstream,
+            cache,
+            max_body_bytes,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let (response, log) = match self.serve(req).await {
+            Ok((resp, log)) => (resp, log),
+            Err((err, log)) => (error_response(&err), log),
+        };
+        let status = response.status().as_u16();
+        let level_info = log.outcome != "allowed";
+        if level_info {
+            tracing::info!(request_id, identity = log.identity, operation = log.operation, outcome = log.outcome, status, micros = started.elapsed().as_micros() as u64, "aws request");
+        } else {
+            tracing::debug!(request_id, identity = log.identity, operation = log.operation, outcome = log.outcome, status, micros = started.elapsed().as_micros() as u64, "aws request");
+        }
+        with_request_id(response, &request_id)
+    }
+
+    async fn serve(&self, req: Request<Incoming>) -> Result<(Response<Body>, LogLine), (ServiceError, LogLine)> {
+        let mut log = LogLine::default();
+        let (parts, body) = req.into_parts();
+        macro_rules! fail {
+            ($status:expr, $ty:expr, $msg:expr) => {{
+                log.outcome = "rejected";
+                return Err((ServiceError::new($status, $ty, $msg), log));
+            }};
+        }
+        if parts.method != http::Method::POST {
+            fail!(400, "UnknownOperationException", "keygate: the AWS front end accepts POST / only");
+        }
+        let body = match read_body(body, self.max_body_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => fail!(413, "RequestEntityTooLargeException", format!("keygate: request body exceeds {} bytes", self.max_body_bytes)),
+            Err(BodyError::Broken(e)) => fail!(400, "SerializationException", format!("keygate: could not read the request body: {e}")),
+        };
+        let identity = match self.authenticate(&parts, &body) {
+            Ok(i) => i,
+            Err(e) => {
+                log.outcome = "unauthenticated";
+                return Err((e, log));
+            }
+        };
+        log.identity = identity.name.clone();
+        let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let Some(operation) = target.strip_prefix(TARGET_PREFIX).filter(|op| ops::classify(op).is_some()) else {
+            fail!(400, "UnknownOperationException", format!("keygate: unknown operation {target:?}"));
+        };
+        log.operation = operation.to_string();
+        let class = ops::classify(operation).unwrap_or(crate::policy::OpClass::Other);
+        let fields = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => fail!(400, "SerializationException", "keygate: the request body must be a JSON object"),
+            Err(e) => fail!(400, "SerializationException", format!("keygate: the request body is not valid JSON: {e}")),
+        };
+        let justification = parts
+            .headers
+            .get(JUSTIFICATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(1024).collect());
+        let material = ops::digest_material(&fields);
+        let access = AccessRequest {
+            identity: identity.name.clone(),
+            groups: identity.groups.clone(),
+            front: Front::Aws,
+            operation: operation.to_string(),
+            class,
+            resources: ops::resources(&fields),
+            parameters: ops::redacted_parameters(&fields),
+            digest_material: material.clone(),
+            justification,
+        };
+        match self.broker.admit(&access).await {
+            Ok(Admission::Proceed { .. }) => {}
+            Ok(Admission::Refused(r)) => {
+                log.outcome = refusal_label(&r);
+                return Err((refusal_error(&r), log));
+            }
+            Err(e) => {
+                log.outcome = "store-error";
+                tracing::error!(error = %e, "cannot record decision; refusing");
+                return Err((ServiceError::new(500, "InternalServiceError", "keygate: could not record the decision; the request was not executed"), log));
+            }
+        }
+        log.outcome = "allowed";
+        let cache_key = Bytes::from(material);
+        if ops::is_cacheable(operation) {
+            if let Some(hit) = self.cache.get(operation, &cache_key) {
+                return Ok((ok_response(hit.expose().clone()), log));
+            }
+        }
+        match self.upstream.call(operation, body).await {
+            Ok(out) => {
+                if ops::is_cacheable(operation) {
+                    self.cache.insert(operation, cache_key, SecretBytes::new(out.clone()));
+                } else if ops::changes_state(class) {
+                    self.cache.invalidate_all();
+                }
+                Ok((ok_response(out), log))
+            }
+            Err(UpstreamError::Service(e)) => {
+                log.outcome = "upstream-error";
+                if ops::changes_state(class) {
+                    // A failed write may still have changed something upstream.
+                    self.cache.invalidate_all();
+                }
+                Err((e, log))
+            }
+            Err(UpstreamError::Unavailable(detail)) => {
+                log.outcome = "upstream-unavailable";
+                tracing::warn!(upstream = %self.upstream.describe(), %detail, "upstream unavailable");
+                Err((ServiceError::new(503, "ServiceUnavailable", "keygate: the upstream secret store is unavailable; try again"), log))
+            }
+        }
+    }
+
+    fn authenticate(&self, parts: &http::request::Parts, body: &[u8]) -> Result<&Arc<Identity>, ServiceError> {
+        let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
+            return Err(ServiceError::new(403, "MissingAuthenticationTokenException", sigv4::SigError::Missing.to_string()));
+        };
+        let header = header.to_str().map_err(|_| ServiceError::new(400, "IncompleteSignatureException", "Authorization header is not ASCII"))?;
+        let auth = sigv4::parse_authorization(header).map_err(sig_error)?;
+        let identity = self.keys.get(auth.access_key_id).ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
+        let key = identity.aws.as_ref().ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
+        let req = sigv4::RequestParts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            headers: &parts.headers,
+            body,
+        };
+        sigv4::verify(&auth, &req, key.secret_access_key.expose(), &self.region, "secretsmanager", Timestamp::now()).map_err(sig_error)?;
+        Ok(identity)
+    }
+}
+
+#[derive(Default)]
+struct LogLine {
+    identity: String,
+    operation: String,
+    outcome: &'static str,
+}
+
+fn sig_error(e: sigv4::SigError) -> ServiceError {
+    use sigv4::SigError::*;
+    let ty = match &e {
+        Missing => "MissingAuthenticationTokenException",
+        Incomplete(_) => "IncompleteSignatureException",
+        UnknownKey => "UnrecognizedClientException",
+        Mismatch | Expired { .. } | Future { .. } | Region(_) | Service => "InvalidSignatureException",
+    };
+    let status = if matches!(e, Missing) { 403 } else { 400 };
+    ServiceError::new(status, ty, e.to_string())
+}
+
+fn refusal_label(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Policy { .. } => "denied",
+        Refusal::AwaitingApproval { .. } => "held",
+        Refusal::Rejected { .. } => "rejected",
+        Refusal::Expired { .. } => "expired",
+        Refusal::GrantUnavailable { .. } => "grant-unavailable",
+        Refusal::TooManyPending { .. } => "too-many-pending",
+    }
+}
+
+fn refusal_error(r: &Refusal) -> ServiceError {
+    match r {
+        Refusal::TooManyPending { .. } => ServiceError::new(400, "LimitExceededException", r.message()),
+        _ => ServiceError::new(400, "AccessDeniedException", r.message()),
+    }
+}
+
+fn ok_response(body: Bytes) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", CONTENT_TYPE)
+        .body(Full::new(body))
+        .unwrap_or_default()
+}
+
+/// The single place AWS-style errors are rendered.
+pub fn error_response(e: &ServiceError) -> Response<Body> {
+    let body = serde_json::json!({"__type": e.error_type, "message": e.message});
+    Response::builder()
+        .status(e.status)
+        .header("content-type", CONTENT_TYPE)
+        .header("x-amzn-errortype", e.error_type.as_str())
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
+}
+
+fn with_request_id(mut r: Response<Body>, id: &str) -> Response<Body> {
+    if let Ok(v) = http::HeaderValue::from_str(id) {
+        r.headers_mut().insert("x-amzn-requestid", v);
+    }
+    r
+}

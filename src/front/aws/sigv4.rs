@@ -1,0 +1,354 @@
+//! AWS Signature Version 4 verification for workload requests. Pure: the
+//! caller passes the request parts, the body, the secret key and `now`.
+//!
+//! keygate recomputes the canonical request and the signature with the
+//! workload's keygate-issued secret key, checks the credential scope (date,
+//! region, service) and the clock skew (at most 5 minutes), and compares
+//! signatures in constant time.
+
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::timestamp::Timestamp;
+
+pub const MAX_SKEW_SECS: i64 = 300;
+const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SigError {
+    #[error("Request is missing Authentication Token")]
+    Missing,
+    #[error("{0}")]
+    Incomplete(String),
+    #[error("The security token included in the request is invalid.")]
+    UnknownKey,
+    #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")]
+    Mismatch,
+    #[error("Signature expired: {stamp} is now earlier than {earliest} ({now} - 5 min.)")]
+    Expired {
+        stamp: String,
+        earliest: String,
+        now: String,
+    },
+    #[error("Signature not yet current: {stamp} is still later than {latest} ({now} + 5 min.)")]
+    Future {
+        stamp: String,
+        latest: String,
+        now: String,
+    },
+    #[error("Credential should be scoped to a valid region, not '{0}'.")]
+    Region(String),
+    #[error("Credential should be scoped to correct service: 'secretsmanager'.")]
+    Service,
+}
+
+/// The parsed `Authorization` header.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Authorization<'a> {
+    pub access_key_id: &'a str,
+    pub date: &'a str,
+    pub region: &'a str,
+    pub service: &'a str,
+    pub signed_headers: Vec<&'a str>,
+    pub signature: &'a str,
+}
+
+pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
+    let rest = value
+        .strip_prefix(ALGORITHM)
+        .ok_or_else(|| SigError::Incomplete(format!("Authorization header requires the {ALGORITHM} algorithm")))?;
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("Credential=") {
+            credential = Some(v);
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(v);
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            signature = Some(v);
+        }
+    }
+    let missing = |what: &str| {
+        SigError::Incomplete(format!(
+            "Authorization header requires '{what}' parameter. Authorization={value}"
+        ))
+    };
+    let credential = credential.ok_or_else(|| missing("Credential"))?;
+    let signed = signed.ok_or_else(|| missing("SignedHeaders"))?;
+    let signature = signature.ok_or_else(|| missing("Signature"))?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [access_key_id, date, region, service, terminator] = scope[..] else {
+        return Err(SigError::Incomplete(format!(
+            "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
+        )));
+    };
+    if terminator != "aws4_request" {
+        return Err(SigError::Incomplete(format!(
+            "Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'."
+        )));
+    }
+    if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SigError::Incomplete(format!("Credential date '{date}' is not YYYYMMDD")));
+    }
+    let signed_headers: Vec<&str> = signed.split(';').filter(|h| !h.is_empty()).collect();
+    if signed_headers.is_empty() || !signed_headers.contains(&"host") {
+        return Err(SigError::Incomplete("SignedHeaders must include host".into()));
+    }
+    Ok(Authorization {
+        access_key_id,
+        date,
+        region,
+        service,
+        signed_headers,
+        signature,
+    })
+}
+
+/// Parse `YYYYMMDDTHHMMSSZ` into a timestamp.
+pub fn parse_amz_date(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?).ok()?;
+    let t = date
+        .with_hms(u8::try_from(h).ok()?, u8::try_from(mi).ok()?, u8::try_from(se).ok()?)
+        .ok()?
+        .assume_utc();
+    Some(Timestamp::from_millis(t.unix_timestamp() * 1000))
+}
+
+fn format_amz_date(t: Timestamp) -> String {
+    let dt = time::OffsetDateTime::from_unix_timestamp(t.millis().div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    )
+}
+
+/// What verification needs of the HTTP request.
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Verify `auth` against the request, with the identity's secret key.
+pub fn verify(
+    auth: &Authorization<'_>,
+    req: &RequestParts<'_>,
+    secret_key: &str,
+    expected_region: &str,
+    expected_service: &str,
+    now: Timestamp,
+) -> Result<(), SigError> {
+    let amz_date = req
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| SigError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()))?;
+    let stamp = parse_amz_date(amz_date)
+        .ok_or_else(|| SigError::Incomplete(format!("X-Amz-Date '{amz_date}' is not YYYYMMDDTHHMMSSZ")))?;
+    let skew = stamp.millis() - now.millis();
+    if skew < -MAX_SKEW_SECS * 1000 {
+        return Err(SigError::Expired {
+            stamp: amz_date.to_string(),
+            earliest: format_amz_date(now.minus(std::time::Duration::from_secs(MAX_SKEW_SECS as u64))),
+            now: format_amz_date(now),
+        });
+    }
+    if skew > MAX_SKEW_SECS * 1000 {
+        return Err(SigError::Future {
+            stamp: amz_date.to_string(),
+            latest: format_amz_date(now.plus(std::time::Duration::from_secs(MAX_SKEW_SECS as u64))),
+            now: format_amz_date(now),
+        });
+    }
+    if !amz_date.starts_with(auth.date) {
+        return Err(SigError::Incomplete(format!(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
+            auth.date,
+            &amz_date[..8]
+        )));
+    }
+    if auth.service != expected_service {
+        return Err(SigError::Service);
+    }
+    if auth.region != expected_region {
+        return Err(SigError::Region(auth.region.to_string()));
+    }
+    let canonical = canonical_request(auth, req)?;
+    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let key = signing_key(secret_key, auth.date, auth.region, auth.service);
+    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+    if expected.as_bytes().ct_eq(auth.signature.as_bytes()).into() {
+        Ok(())
+    } else {
+        Err(SigError::Mismatch)
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
+    let k_date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k_region = hmac(&k_date, region.as_bytes());
+    let k_service = hmac(&k_region, service.as_bytes());
+    hmac(&k_service, b"aws4_request")
+}
+
+fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result<String, SigError> {
+    let mut out = String::with_capacity(256 + req.body.len().min(0));
+    out.push_str(req.method);
+    out.push('\n');
+    out.push_str(if req.path.is_empty() { "/" } else { req.path });
+    out.push('\n');
+    out.push_str(&canonical_query(req.query));
+    out.push('\n');
+    for name in &auth.signed_headers {
+        let values: Vec<String> = req
+            .headers
+            .get_all(*name)
+            .iter()
+            .map(|v| collapse_spaces(&String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        if values.is_empty() {
+            return Err(SigError::Incomplete(format!("signed header '{name}' is not present")));
+        }
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&values.join(","));
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&auth.signed_headers.join(";"));
+    out.push('\n');
+    let body_hash = hex::encode(Sha256::digest(req.body));
+    if let Some(claimed) = req.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
+        if claimed != "UNSIGNED-PAYLOAD" && claimed != body_hash {
+            return Err(SigError::Mismatch);
+        }
+    }
+    out.push_str(&body_hash);
+    Ok(out)
+}
+
+fn collapse_spaces(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn canonical_query(query: &str) -> String {
+    let mut pairs: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    pairs.sort_unstable();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+    /// Sign like an SDK would, with our own functions, for round-trip cases.
+    fn signed(body: &str, date: &str, secret: &str) -> (HeaderMap, String) {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:8740"));
+        headers.insert("x-amz-date", HeaderValue::from_str(date).expect("date"));
+        headers.insert("x-amz-target", HeaderValue::from_static("secretsmanager.GetSecretValue"));
+        let auth_template = format!(
+            "{ALGORITHM} Credential=AKIDEXAMPLE/{}/us-east-1/secretsmanager/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature=",
+            &date[..8]
+        );
+        let auth = parse_authorization(&auth_template).expect("template parses");
+        let parts = RequestParts { method: "POST", path: "/", query: "", headers: &headers, body: body.as_bytes() };
+        let canonical = canonical_request(&auth, &parts).expect("canonical");
+        let scope = format!("{}/us-east-1/secretsmanager/aws4_request", &date[..8]);
+        let sts = format!("{ALGORITHM}\n{date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
+        let sig = hex::encode(hmac(&signing_key(secret, &date[..8], "us-east-1", "secretsmanager"), sts.as_bytes()));
+        (headers, format!("{auth_template}{sig}"))
+    }
+
+    fn check(body_sent: &str, secret_used: &str, now_offset_secs: i64, expect: Result<(), &str>) {
+        let date = "20261124T014000Z";
+        let (headers, header) = signed("{\"SecretId\":\"x\"}", date, secret_used);
+        let auth = parse_authorization(&header).expect("parses");
+        let parts = RequestParts { method: "POST", path: "/", query: "", headers: &headers, body: body_sent.as_bytes() };
+        let now = Timestamp::from_millis(parse_amz_date(date).expect("date").millis() + now_offset_secs * 1000);
+        let got = verify(&auth, &parts, SECRET, "us-east-1", "secretsmanager", now);
+        match (got, expect) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{e}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn verification_table() {
+        let body = "{\"SecretId\":\"x\"}";
+        check(body, SECRET, 0, Ok(()));
+        check(body, SECRET, 299, Ok(()));
+        check(body, SECRET, -299, Ok(()));
+        check(body, "wrong-secret", 0, Err("does not match"));
+        check("{\"SecretId\":\"y\"}", SECRET, 0, Err("does not match"));
+        check(body, SECRET, 301, Err("Signature expired"));
+        check(body, SECRET, -301, Err("not yet current"));
+    }
+
+    #[test]
+    fn known_answer_from_aws_documentation() {
+        // The signing-key example of the SigV4 documentation (IAM, us-east-1, 20120215).
+        let key = signing_key(SECRET, "20120215", "us-east-1", "iam");
+        assert_eq!(hex::encode(key), "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d");
+    }
+
+    #[test]
+    fn malformed_headers_are_incomplete_not_panics() {
+        for bad in [
+            "AWS4-HMAC-SHA256",
+            "AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/secretsmanager/aws4_request",
+            "AWS4-HMAC-SHA256 Credential=AKID/2026/us-east-1, SignedHeaders=host, Signature=00",
+            "AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/secretsmanager/other, SignedHeaders=host, Signature=00",
+            "AWS4-HMAC-SHA256 Credential=AKID/20261124/us-east-1/secretsmanager/aws4_request, SignedHeaders=, Signature=00",
+            "Basic dXNlcjpwYXNz",
+        ] {
+            assert!(matches!(parse_authorization(bad), Err(SigError::Incomplete(_))), "{bad}");
+        }
+        for bad in ["", "2026-11-24T01:40:00Z", "20261324T014000Z", "20261124T254000Z", "2026112xT014000Z"] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Held requests at runtime: the live index, the waiting clients, and
+//! persistence of every transition.
+//!
+//! Transitions are computed by the pure state machine in `gate` on a copy,
+//! committed to the store together with their audit events, and only then
+//! made visible and announced to waiters. One async mutex serializes all
+//! transitions, so concurrent approvals are applied one after another and
+//! never double-count; it is held across the store commit on purpose (holds
+//! are the exceptional path, and correctness beats parallelism here).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Mutex};
+
+use crate::audit::{AuditEvent, AuditKind, SYSTEM_ACTOR};
+use crate::gate::{Denial, GrantError, HeldRequest, ReviewError, ReviewOutcome, Reviewer, State, Subject};
+use crate::policy::HoldSpec;
+use crate::store::{Commit, Store, StoreError};
+use crate::timestamp::Timestamp;
+
+/// What a waiting client learns when a held request changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Approved,
+    Denied(Denial),
+    Expired,
+}
+
+fn outcome_of(r: &HeldRequest) -> Outcome {
+    match r.state {
+        State::Pending => Outcome::Pending,
+        State::Approved => Outcome::Approved,
+        State::Denied => Outcome::Denied(r.denial.clone().unwrap_or(Denial {
+            by: "unknown".into(),
+            reason: String::new(),
+            at: r.created_at,
+        })),
+        State::Expired => Outcome::Expired,
+    }
+}
+
+struct Entry {
+    request: HeldRequest,
+    announce: watch::Sender<Outcome>,
+}
+
+#[derive(Default)]
+struct Live {
+    by_id: HashMap<String, Entry>,
+    /// Digest -> id of the request that currently answers for that digest:
+    /// pending, approved with a usable grant, or denied (until it would have
+    /// expired, so that a retry learns the denial instead of asking again).
+    by_digest: HashMap<String, String>,
+}
+
+impl Live {
+    fn insert(&mut self, request: HeldRequest) -> watch::Receiver<Outcome> {
+        let (announce, rx) = watch::channel(outcome_of(&request));
+        self.by_digest
+            .insert(request.subject.digest.clone(), request.id.clone());
+        self.by_id.insert(request.id.clone(), Entry { request, announce });
+        rx
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(e) = self.by_id.remove(id) {
+            if self.by_digest.get(&e.request.subject.digest).map(String::as_str) == Some(id) {
+                self.by_digest.remove(&e.request.subject.digest);
+            }
+        }
+    }
+
+    fn pending_for(&self, identity: &str) -> usize {
+        self.by_id
+            .values()
+            .filter(|e| e.request.state == State::Pending && e.request.subject.identity == identity)
+            .count()
+    }
+}
+
+/// The answer to "this request needs approval" at the moment it arrives.
+#[derive(Debug)]
+pub enum Admit {
+    /// An approved grant for exactly this request was used.
+    Granted { id: String },
+    /// The request is pending (new, or merged into an identical one); wait on `rx`.
+    Waiting {
+        id: String,
+        rx: watch::Receiver<Outcome>,
+    },
+    /// An identical request was denied and the denial still stands.
+    Denied { id: String, denial: Denial },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("{identity} already has {limit} requests awaiting approval")]
+    TooManyPending { identity: String, limit: usize },
+    #[error("no such request: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+    #[error("request {id}: {source}")]
+    Grant {
+        id: String,
+        #[source]
+        source: GrantError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub enum ReviewAction {
+    Approve { comment: Option<String> },
+    Deny { reason: String },
+}
+
+pub struct Holds {
+    store: Arc<dyn Store>,
+    live: Mutex<Live>,
+    max_pending_per_identity: usize,
+}
+
+fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> AuditEvent {
+    let mut e = AuditEvent::new(kind, actor, now);
+    e.identity = Some(r.subject.identity.clone());
+    e.request_id = Some(r.id.clone());
+    e.front = Some(r.subject.front);
+    e.operation = Some(r.subject.operation.clone());
+    e.resources = r.subject.resources.clone();
+    e.rule = Some(r.rule.clone());
+    e
+}
+
+impl Holds {
+    /// Rebuild the live index from the store (after a restart nothing pending is lost).
+    pub async fn load(store: Arc<dyn Store>, max_pending_per_identity: usize, now: Timestamp) -> Result<Holds, StoreError> {
+        let mut live = Live::default();
+        for r in store.live_requests().await? {
+            if r.is_live(now) || r.state == State::Pending {
+                live.insert(r);
+            }
+        }
+        Ok(Holds {
+            store,
+            live: Mutex::new(live),
+            max_pending_per_identity,
+        })
+    }
+
+    /// A request the policy holds: use a grant, merge, or create a pending request.
+    pub async fn admit(
+        &self,
+        subject: Subject,
+        rule: &str,
+        reasons: Vec<String>,
+        spec: &HoldSpec,
+        now: Timestamp,
+    ) -> Result<Admit, HoldError> {
+        let mut live = self.live.lock().await;
+        if let Some(id) = live.by_digest.get(&subject.digest).cloned() {
+            if let Some(entry) = live.by_id.get(&id) {
+                let existing = entry.request.clone();
+                match existing.state {
+                    State::Approved => {
+                        let mut next = existing;
+                        if next.take_grant(now).is_ok() {
+                            let e = event(AuditKind::GrantUsed, &next.subject.identity, &next, now);
+                            self.store
+                                .commit(Commit { requests: vec![next.clone()], events: vec![e] })
+                                .await?;
+                            let spent = !next.is_live(now);
+                            if let Some(entry) = live.by_id.get_mut(&id) {
+                                entry.request = next;
+                            }
+                            if spent {
+                                live.remove(&id);
+                            }
+                            return Ok(Admit::Granted { id });
+                        }
+                        // Spent or lapsed: this digest asks anew.
+                        live.remove(&id);
+                    }
+                    State::Pending if now < existing.expires_at => {
+                        let mut e = event(AuditKind::Merged, &existing.subject.identity, &existing, now);
+                        e.detail = Some("identical request merged into the pending one".into());
+                        self.store.commit(Commit::event(e)).await?;
+                        let rx = live.by_id.get(&id).map(|e| e.announce.subscribe());
+                        if let Some(rx) = rx {
+                            return Ok(Admit::Waiting { id, rx });
+                        }
+                    }
+                    State::Denied if now < existing.expires_at => {
+                        if let Some(denial) = existing.denial {
+                            return Ok(Admit::Denied { id, denial });
+                        }
+                    }
+                    _ => live.remove(&id),
+                }
+            }
+        }
+        let identity = subject.identity.clone();
+        if live.pending_for(&identity) >= self.max_pending_per_identity {
+            return Err(HoldError::TooManyPending {
+                identity,
+                limit: self.max_pending_per_identity,
+            });
+        }
+        let request = HeldRequest::new(
+            uuid::Uuid::new_v4().to_string(),
+            subject,
+            rule.to_string(),
+            reasons,
+            spec.clone(),
+            now,
+        );
+        let mut e = event(AuditKind::Held, crate::audit::POLICY_ACTOR, &request, now);
+        e.detail = Some(request.reasons.join("; "));
+        self.store
+            .commit(Commit { requests: vec![request.clone()], events: vec![e] })
+            .await?;
+        let id = request.id.clone();
+        let rx = live.insert(request);
+        Ok(Admit::Waiting { id, rx })
+    }
+
+    /// Wait up to `window` for a decision on a request.
+    pub async fn wait(mut rx: watch::Receiver<Outcome>, window: Duration) -> Outcome {
+        let decided = tokio::time::timeout(window, rx.wait_for(|o| *o != Outcome::Pending)).await;
+        match decided {
+            Ok(Ok(o)) => o.clone(),
+            // Timed out, or the sender vanished (shutdown): still pending.
+            _ => Outcome::Pending,
+        }
+    }
+
+    /// A waiting client whose request was approved uses the grant.
+    pub async fn release(&self, id: &str, now: Timestamp) -> Result<(), HoldError> {
+        let mut live = self.live.lock().await;
+        let entry = live.by_id.get(id).ok_or_else(|| HoldError::NotFound(id.to_string()))?;
+        let mut next = entry.request.clone();
+        next.take_grant(now).map_err(|source| HoldError::Grant { id: id.to_string(), source })?;
+        let events = vec![
+            event(AuditKind::GrantUsed, &next.subject.identity, &next, now),
+            event(AuditKind::Released, SYSTEM_ACTOR, &next, now),
+        ];
+        self.store.commit(Commit { requests: vec![next.clone()], events }).await?;
+        let spent = !next.is_live(now);
+        if let Some(entry) = live.by_id.get_mut(id) {
+            entry.request = next;
+        }
+        if spent {
+            live.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Apply an approver's review. The caller has authenticated `reviewer`.
+    pub async fn review(
+        &self,
+        id: &str,
+        reviewer: Reviewer<'_>,
+        owner: Option<&str>,
+        action: ReviewAction,
+        now: Timestamp,
+    ) -> Result<HeldRequest, HoldError> {
+        let mut live = self.live.lock().await;
+        let Some(entry) = live.by_id.get(id) else {
+            // Not live: either decided long ago or unknown.
+            return match self.store.request(id).await? {
+                Some(r) => Err(ReviewError::NotPending(r.state).into()),
+                None => Err(HoldError::NotFound(id.to_string())),
+            };
+        };
+        let mut next = entry.request.clone();
+        let result = match action {
+            ReviewAction::Approve { comment } => {
+                let detail = comment.clone();
+                next.approve(reviewer, owner, comment, now).map(|o| {
+                    let mut e = event(AuditKind::Approved, reviewer.name, &next, now);
+                    e.detail = Some(match o {
+                        ReviewOutcome::Counted { have, need } => {
+                            format!("approval {have} of {need}; comment: {}", detail.unwrap_or_default())
+                        }
+                        ReviewOutcome::Approved => {
+                            format!("approved; comment: {}", detail.unwrap_or_default())
+                        }
+                    });
+                    e
+                })
+            }
+            ReviewAction::Deny { reason } => next.deny(reviewer, owner, reason.clone(), now).map(|()| {
+                let mut e = event(AuditKind::Rejected, reviewer.name, &next, now);
+                e.detail = Some(reason);
+                e
+            }),
+        };
+        let e = match result {
+            Ok(e) => e,
+            Err(ReviewError::Expired) => {
+                drop(live);
+                self.sweep(now).await?;
+                return Err(ReviewError::Expired.into());
+            }
+            Err(other) => return Err(other.into()),
+        };
+        self.store.commit(Commit { requests: vec![next.clone()], events: vec![e] }).await?;
+        if let Some(entry) = live.by_id.get_mut(id) {
+            entry.request = next.clone();
+            entry.announce.send_replace(outcome_of(&next));
+        }
+        Ok(next)
+    }
+
+    /// Expire overdue pending requests and forget entries that no longer
+    /// answer for their digest. Returns how many requests expired.
+    pub async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let mut live = self.live.lock().await;
+        let mut expired = Vec::new();
+        let mut forget = Vec::new();
+        for (id, entry) in &live.by_id {
+            let mut r = entry.request.clone();
+            if r.expire_if_due(now) {
+                expired.push(r);
+            } else if r.state == State::Denied && now >= r.expires_at
+                || r.state == State::Approved && !r.is_live(now)
+            {
+                forget.push(id.clone());
+            }
+        }
+        if !expired.is_empty() {
+            let events = expired
+                .iter()
+                .map(|r| {
+                    let mut e = event(AuditKind::Expired, SYSTEM_ACTOR, r, now);
+                    e.detail = Some("no decision before the request's deadline".into());
+                    e
+                })
+                .collect();
+            self.store
+                .commit(Commit { requests: expired.clone(), events })
+                .await?;
+            for r in &expired {
+                if let Some(entry) = live.by_id.get(&r.id) {
+                    entry.announce.send_replace(Outcome::Expired);
+                }
+                live.remove(&r.id);
+            }
+        }
+        for id in forget {
+            live.remove(&id);
+        }
+        Ok(expired.len())
+    }
+
+    /// The identity that made a live request (to look up its owner).
+    pub async fn identity_of(&self, id: &str) -> Option<String> {
+        let live = self.live.lock().await;
+        live.by_id.get(id).map(|e| e.request.subject.identity.clone())
+    }
+
+    /// How many requests await a decision (readiness output and tests).
+    pub async fn pending_count(&self) -> usize {
+        let live = self.live.lock().await;
+        live.by_id.values().filter(|e| e.request.state == State::Pending).count()
+    }
+}

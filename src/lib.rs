@@ -1,0 +1,37 @@
+//! keygate: a secrets-broker proxy with a human approval gate.
+//!
+//! Workloads point unmodified AWS Secrets Manager clients at keygate (Vault
+//! clients come next). Each request is authenticated, described as an
+//! `AccessRequest`, and decided by the policy: routine reads pass straight
+//! through (with caching), exceptional ones are held until an approver acts
+//! through the admin API, and everything is audited in a hash chain.
+//!
+//! Modules in reading order:
+//! - [`config`]: TOML → validated `Config` (the only place config is parsed).
+//! - [`policy`]: PURE rule evaluation: allow / hold / deny.
+//! - [`gate`]: PURE approval state machine for held requests.
+//! - [`audit`]: audit events and the hash chain.
+//! - [`store`]: durable state (SQLite), behind a trait.
+//! - [`holds`]: held requests at runtime: waiters, persistence, expiry.
+//! - [`broker`]: the data path every front end shares.
+//! - [`front`]: wire protocols (AWS Secrets Manager).
+//! - [`upstream`]: secret stores (AWS SDK, embedded dev store).
+//! - [`cache`], [`admin`], [`admin_client`], [`server`], [`app`].
+
+pub mod admin;
+pub mod admin_client;
+pub mod app;
+pub mod audit;
+pub mod broker;
+pub mod cache;
+pub mod config;
+pub mod front;
+pub mod gate;
+pub mod glob;
+pub mod holds;
+pub mod policy;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod timestamp;
+pub mod upstream;

@@ -1,0 +1,58 @@
+//! Durable state: held requests (with their approvals and grants) and the
+//! audit chain. `Store` is the seam a PostgreSQL implementation will follow
+//! for multi-replica deployments; only `store::*` knows the disk format.
+//!
+//! **Invariant:** a `commit` is atomic and durable when it returns `Ok`:
+//! request changes and the audit events that describe them land together or
+//! not at all. Callers answer clients and approvers only after that.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::audit::{AuditEvent, AuditRecord, StoredRow};
+use crate::gate::{HeldRequest, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// One atomic unit of change.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub requests: Vec<HeldRequest>,
+    pub events: Vec<AuditEvent>,
+}
+
+impl Commit {
+    pub fn event(e: AuditEvent) -> Commit {
+        Commit {
+            requests: Vec::new(),
+            events: vec![e],
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// Requests that still matter after a restart: pending ones and approved
+    /// ones whose grant has uses left.
+    async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError>;
+    async fn request(&self, id: &str) -> Result<Option<HeldRequest>, StoreError>;
+    /// Newest first.
+    async fn requests(&self, state: Option<State>, limit: usize) -> Result<Vec<HeldRequest>, StoreError>;
+    /// Audit records with `seq > after`, oldest first.
+    async fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Raw rows for verification, `seq > after`, in stored order.
+    async fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError>;
+    /// A per-installation key for request digests, created on first use.
+    async fn digest_key(&self) -> Result<[u8; 32], StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}

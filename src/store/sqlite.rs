@@ -1,0 +1,384 @@
+//! SQLite store (the embedded default).
+//!
+//! One writer thread owns the connection. Commits queue on a channel; the
+//! thread drains whatever is queued and applies it in ONE transaction (group
+//! commit), then answers every caller. The audit chain's head lives in that
+//! thread, so appends are ordered without a lock. WAL mode with
+//! `synchronous=FULL`: a `kill -9` or power loss after a commit returned loses
+//! nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{Commit, Store, StoreError};
+use crate::audit::{self, AuditRecord, StoredRow, GENESIS};
+use crate::gate::{HeldRequest, State};
+
+/// How many queued commits one transaction may absorb.
+const MAX_GROUP: usize = 512;
+
+enum Command {
+    Commit(Commit, oneshot::Sender<Result<(), StoreError>>),
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+pub struct SqliteStore {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, created_at);
+CREATE INDEX IF NOT EXISTS requests_live ON requests (live);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    code TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+"#;
+
+impl SqliteStore {
+    /// Open (creating the file and its directory if needed) and start the writer.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let head = chain_head(&conn)?;
+        let (tx, rx) = mpsc::channel();
+        let name: PathBuf = path.to_path_buf();
+        thread::Builder::new()
+            .name("keygate-sqlite".into())
+            .spawn(move || writer(conn, rx, head, name))
+            .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore { tx })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(move |conn: &Connection| {
+            let _ = reply.send(f(conn));
+        });
+        self.tx.send(Command::Read(job)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn chain_head(conn: &Connection) -> Result<(u64, String), StoreError> {
+    let row = conn
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()
+        .map_err(db_err)?;
+    Ok(match row {
+        Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0), hash),
+        None => (0, GENESIS.to_string()),
+    })
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, String), path: PathBuf) {
+    while let Ok(first) = rx.recv() {
+        let mut group = Vec::new();
+        let mut reads = Vec::new();
+        match first {
+            Command::Commit(c, r) => group.push((c, r)),
+            Command::Read(f) => reads.push(f),
+        }
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Command::Commit(c, r)) => group.push((c, r)),
+                Ok(Command::Read(f)) => reads.push(f),
+                Err(_) => break,
+            }
+        }
+        if !group.is_empty() {
+            let commits: Vec<&Commit> = group.iter().map(|(c, _)| c).collect();
+            let result = apply(&mut conn, &commits, &head);
+            let outcome = match result {
+                Ok(new_head) => {
+                    head = new_head;
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(db = %path.display(), error = %e, "commit failed");
+                    Err(e)
+                }
+            };
+            for (_, reply) in group {
+                let _ = reply.send(match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Database(e.to_string())),
+                });
+            }
+        }
+        for f in reads {
+            f(&conn);
+        }
+    }
+}
+
+/// Apply a group of commits in one transaction; returns the new chain head.
+fn apply(conn: &mut Connection, commits: &[&Commit], head: &(u64, String)) -> Result<(u64, String), StoreError> {
+    let tx = conn.transaction().map_err(db_err)?;
+    let (mut seq, mut prev) = head.clone();
+    {
+        let mut put_request = tx
+            .prepare_cached(
+                "INSERT INTO requests (id, state, identity, digest, created_at, live, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, live = excluded.live, body = excluded.body",
+            )
+            .map_err(db_err)?;
+        let mut put_audit = tx
+            .prepare_cached(
+                "INSERT INTO audit (seq, at, kind, code, actor, body, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(db_err)?;
+        for c in commits {
+            for r in &c.requests {
+                let body = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let live = match r.state {
+                    State::Pending => true,
+                    State::Approved => r.grant.as_ref().is_some_and(|g| g.uses_left > 0),
+                    State::Denied | State::Expired => false,
+                };
+                put_request
+                    .execute(params![
+                        r.id,
+                        r.state.as_str(),
+                        r.subject.identity,
+                        r.subject.digest,
+                        r.created_at.millis(),
+                        live,
+                        body
+                    ])
+                    .map_err(db_err)?;
+            }
+            for e in &c.events {
+                seq += 1;
+                let body = audit::event_body(e);
+                let hash = audit::chain_hash(&prev, seq, &body);
+                put_audit
+                    .execute(params![
+                        i64::try_from(seq).unwrap_or(i64::MAX),
+                        e.at.to_rfc3339(),
+                        e.kind.name(),
+                        e.kind.code(),
+                        e.actor,
+                        body,
+                        prev,
+                        hash
+                    ])
+                    .map_err(db_err)?;
+                prev = hash;
+            }
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok((seq, prev))
+}
+
+fn decode_request(body: String) -> Result<HeldRequest, StoreError> {
+    serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("request row: {e}")))
+}
+
+fn query_requests(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<HeldRequest>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
+    let bodies = stmt
+        .query_map(p, |r| r.get::<_, String>(0))
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+    bodies.into_iter().map(decode_request).collect()
+}
+
+fn query_rows(conn: &Connection, after: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, at, kind, code, actor, body, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![i64::try_from(after).unwrap_or(i64::MAX), limit as i64], |r| {
+            Ok(StoredRow {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                code: r.get(3)?,
+                actor: r.get(4)?,
+                body: r.get(5)?,
+                prev_hash: r.get(6)?,
+                hash: r.get(7)?,
+            })
+        })
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+    Ok(rows)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Commit(commit, reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError> {
+        self.read(|c| query_requests(c, "SELECT body FROM requests WHERE live = 1 ORDER BY created_at", []))
+            .await
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<HeldRequest>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(query_requests(c, "SELECT body FROM requests WHERE id = ?1", [id])?.pop())
+        })
+        .await
+    }
+
+    async fn requests(&self, state: Option<State>, limit: usize) -> Result<Vec<HeldRequest>, StoreError> {
+        let limit = limit as i64;
+        self.read(move |c| match state {
+            Some(s) => query_requests(
+                c,
+                "SELECT body FROM requests WHERE state = ?1 ORDER BY created_at DESC LIMIT ?2",
+                params![s.as_str(), limit],
+            ),
+            None => query_requests(
+                c,
+                "SELECT body FROM requests ORDER BY created_at DESC LIMIT ?1",
+                params![limit],
+            ),
+        })
+        .await
+    }
+
+    async fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = self.audit_rows(after, limit).await?;
+        rows.into_iter()
+            .map(|row| {
+                let event: audit::AuditEvent = serde_json::from_str(&row.body)
+                    .map_err(|e| StoreError::Corrupt(format!("audit record {}: {e}", row.seq)))?;
+                let code = event.kind.code();
+                Ok(AuditRecord {
+                    seq: row.seq,
+                    event,
+                    code,
+                    prev_hash: row.prev_hash,
+                    hash: row.hash,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_rows(&self, after: u64, limit: usize) -> Result<Vec<StoredRow>, StoreError> {
+        self.read(move |c| query_rows(c, after, limit)).await
+    }
+
+    async fn digest_key(&self) -> Result<[u8; 32], StoreError> {
+        self.read(|c| {
+            let existing: Option<Vec<u8>> = c
+                .query_row("SELECT value FROM meta WHERE key = 'digest_key'", [], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            if let Some(v) = existing {
+                return <[u8; 32]>::try_from(v.as_slice())
+                    .map_err(|_| StoreError::Corrupt("digest_key has the wrong length".into()));
+            }
+            let key: [u8; 32] = rand::random();
+            c.execute("INSERT INTO meta (key, value) VALUES ('digest_key', ?1)", [key.to_vec()])
+                .map_err(db_err)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditEvent, AuditKind, ChainVerifier};
+    use crate::timestamp::Timestamp;
+
+    fn event(n: i64) -> AuditEvent {
+        AuditEvent::new(AuditKind::Allowed, "policy", Timestamp::from_millis(n))
+    }
+
+    #[tokio::test]
+    async fn commits_chain_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state/k.db");
+        {
+            let store = SqliteStore::open(&path).expect("open");
+            let commits = (0..20).map(|i| store.commit(Commit::event(event(i))));
+            for r in futures_join(commits).await {
+                r.expect("commit");
+            }
+        }
+        let store = SqliteStore::open(&path).expect("reopen");
+        store.commit(Commit::event(event(99))).await.expect("commit after reopen");
+        let rows = store.audit_rows(0, 1000).await.expect("rows");
+        assert_eq!(rows.len(), 21);
+        let mut v = ChainVerifier::default();
+        for r in &rows {
+            v.push(r).expect("chain intact across reopen");
+        }
+        let key1 = store.digest_key().await.expect("key");
+        assert_eq!(store.digest_key().await.expect("key"), key1, "the digest key is stable");
+    }
+
+    async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let handles: Vec<_> = fs.collect();
+        for f in handles {
+            out.push(f.await);
+        }
+        out
+    }
+}

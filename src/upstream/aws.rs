@@ -1,0 +1,241 @@
+//! AWS Secrets Manager through the official `aws-sdk-secretsmanager`.
+//!
+//! keygate calls with its own credentials (default provider chain), region
+//! and optional endpoint override; the workload's credentials never leave
+//! keygate. To relay requests and responses byte for byte without a typed
+//! conversion per operation, each call starts the SDK's own operation (so the
+//! SDK signs, retries, resolves the endpoint and sets `X-Amz-Target`) with an
+//! interceptor that puts the workload's JSON body in place before signing and
+//! captures the raw response body after it is read.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_secretsmanager::config::interceptors::{
+    AfterDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextMut,
+};
+use aws_sdk_secretsmanager::config::{ConfigBag, Intercept, Region, RuntimeComponents};
+use aws_sdk_secretsmanager::Client;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::Bytes;
+
+use super::{SecretsUpstream, ServiceError, UpstreamError};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct AwsUpstream {
+    client: Client,
+    label: String,
+}
+
+impl AwsUpstream {
+    pub async fn new(region: Option<String>, endpoint: Option<String>, timeout: Duration) -> AwsUpstream {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3).min(timeout))
+                .operation_attempt_timeout(timeout)
+                .operation_timeout(timeout * 2)
+                .build(),
+        );
+        if let Some(r) = region {
+            loader = loader.region(Region::new(r));
+        }
+        if let Some(e) = &endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let sdk = loader.load().await;
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "(none)".into());
+        let label = format!(
+            "AWS Secrets Manager (region {region}, endpoint {})",
+            endpoint
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER").ok())
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                .unwrap_or_else(|| "default".into())
+        );
+        AwsUpstream {
+            client: Client::new(&sdk),
+            label,
+        }
+    }
+}
+
+/// What the interceptor saw of the upstream's answer.
+#[derive(Debug, Default)]
+struct Captured {
+    status: u16,
+    error_type_header: Option<String>,
+    body: Bytes,
+}
+
+#[derive(Debug)]
+struct RawExchange {
+    body: Bytes,
+    reply: Arc<Mutex<Option<Captured>>>,
+}
+
+impl Intercept for RawExchange {
+    fn name(&self) -> &'static str {
+        "keygate-raw-exchange"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        *request.body_mut() = SdkBody::from(self.body.clone());
+        request
+            .headers_mut()
+            .insert("content-length", self.body.len().to_string());
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &AfterDeserializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response();
+        if let Some(body) = response.body().bytes() {
+            let captured = Captured {
+                status: response.status().as_u16(),
+                error_type_header: response.headers().get("x-amzn-errortype").map(str::to_string),
+                body: Bytes::copy_from_slice(body),
+            };
+            if let Ok(mut slot) = self.reply.lock() {
+                *slot = Some(captured);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Start the SDK operation named `$op` with the interceptor attached.
+macro_rules! dispatch {
+    ($client:expr, $op:expr, $ic:expr, { $($name:literal => $method:ident),* $(,)? }) => {
+        match $op {
+            $( $name => $client.$method().customize().interceptor($ic).send().await
+                .map(|_| ()).map_err(|e| DisplayErrorContext(e).to_string()), )*
+            other => {
+                return Err(UpstreamError::Service(ServiceError::new(
+                    400,
+                    "UnknownOperationException",
+                    format!("keygate does not forward operation {other}"),
+                )))
+            }
+        }
+    };
+}
+
+#[async_trait]
+impl SecretsUpstream for AwsUpstream {
+    async fn call(&self, operation: &str, body: Bytes) -> Result<Bytes, UpstreamError> {
+        let reply = Arc::new(Mutex::new(None));
+        let ic = RawExchange {
+            body,
+            reply: reply.clone(),
+        };
+        let c = &self.client;
+        let sdk_result = dispatch!(c, operation, ic, {
+            "BatchGetSecretValue" => batch_get_secret_value,
+            "CancelRotateSecret" => cancel_rotate_secret,
+            "CreateSecret" => create_secret,
+            "DeleteResourcePolicy" => delete_resource_policy,
+            "DeleteSecret" => delete_secret,
+            "DescribeSecret" => describe_secret,
+            "GetRandomPassword" => get_random_password,
+            "GetResourcePolicy" => get_resource_policy,
+            "GetSecretValue" => get_secret_value,
+            "ListSecretVersionIds" => list_secret_version_ids,
+            "ListSecrets" => list_secrets,
+            "PutResourcePolicy" => put_resource_policy,
+            "PutSecretValue" => put_secret_value,
+            "RemoveRegionsFromReplication" => remove_regions_from_replication,
+            "ReplicateSecretToRegions" => replicate_secret_to_regions,
+            "RestoreSecret" => restore_secret,
+            "RotateSecret" => rotate_secret,
+            "StopReplicationToReplica" => stop_replication_to_replica,
+            "TagResource" => tag_resource,
+            "UntagResource" => untag_resource,
+            "UpdateSecret" => update_secret,
+            "UpdateSecretVersionStage" => update_secret_version_stage,
+            "ValidateResourcePolicy" => validate_resource_policy,
+        });
+        let captured = reply.lock().ok().and_then(|mut slot| slot.take());
+        match captured {
+            Some(c) if c.status == 200 => Ok(c.body),
+            Some(c) => Err(UpstreamError::Service(parse_error(&c))),
+            // No HTTP answer at all: connection refused, timeout, credentials.
+            None => Err(UpstreamError::Unavailable(
+                sdk_result.err().unwrap_or_else(|| "no response captured".into()),
+            )),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// Read an AWS JSON error; anything else (moto's HTML 500s) becomes a 502.
+fn parse_error(c: &Captured) -> ServiceError {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "__type")]
+        error_type: Option<String>,
+        #[serde(alias = "Message")]
+        message: Option<String>,
+    }
+    let parsed: Option<Body> = serde_json::from_slice(&c.body).ok();
+    let error_type = parsed
+        .as_ref()
+        .and_then(|b| b.error_type.clone())
+        .or_else(|| c.error_type_header.clone())
+        // `__type` may carry a namespace (`com.amazonaws.secretsmanager#X`) or a `:` suffix.
+        .map(|t| {
+            let t = t.rsplit('#').next().unwrap_or(&t).to_string();
+            t.split(':').next().unwrap_or(&t).to_string()
+        });
+    match error_type {
+        Some(t) => ServiceError {
+            status: c.status,
+            error_type: t,
+            message: parsed.and_then(|b| b.message).unwrap_or_default(),
+        },
+        None => ServiceError::new(
+            502,
+            "InternalServiceError",
+            format!("keygate: the upstream answered HTTP {} with an unreadable body", c.status),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: u16, header: Option<&str>, body: &str, expect: (u16, &str, &str)) {
+        let c = Captured {
+            status,
+            error_type_header: header.map(str::to_string),
+            body: Bytes::from(body.to_string()),
+        };
+        let e = parse_error(&c);
+        assert_eq!((e.status, e.error_type.as_str(), e.message.as_str()), expect);
+    }
+
+    #[test]
+    fn upstream_errors_are_read_in_every_shape_aws_uses() {
+        check(400, None, r#"{"__type":"ResourceNotFoundException","message":"nope"}"#, (400, "ResourceNotFoundException", "nope"));
+        check(400, None, r#"{"__type":"com.amazonaws.secretsmanager#InvalidRequestException","Message":"m"}"#, (400, "InvalidRequestException", "m"));
+        check(400, Some("ThrottlingException:http://x"), "{}", (400, "ThrottlingException", ""));
+        check(500, None, "<html>boom</html>", (502, "InternalServiceError", "keygate: the upstream answered HTTP 500 with an unreadable body"));
+    }
+}
