@@ -99,7 +99,7 @@ mod tests {
     fn rfc3339_round_trips_with_millis() {
         let t = Timestamp::from_millis(1_795_000_000_123);
         let s = t.to_rfc3339();
-        assert_eq!(s, "2026-11-18T09:46:40.123Z");
+        assert_eq!(s, "2026-11-18T11:06:40.123Z");
         assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
     }
 
