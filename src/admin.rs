@@ -57,7 +57,11 @@ pub struct ApiError {
 }
 
 fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError { status, code, message: message.into() }
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
 }
 
 impl From<HoldError> for ApiError {
@@ -68,9 +72,13 @@ impl From<HoldError> for ApiError {
             HoldError::Review(R::NotPending(_) | R::Expired | R::AlreadyApproved(_)) => {
                 api_error(409, "not_pending", e.to_string())
             }
-            HoldError::Review(R::NotInGroup { .. }) => api_error(403, "not_in_group", e.to_string()),
+            HoldError::Review(R::NotInGroup { .. }) => {
+                api_error(403, "not_in_group", e.to_string())
+            }
             HoldError::Review(R::Owner { .. }) => api_error(403, "owner", e.to_string()),
-            HoldError::TooManyPending { .. } | HoldError::Grant { .. } => api_error(409, "conflict", e.to_string()),
+            HoldError::TooManyPending { .. } | HoldError::Grant { .. } => {
+                api_error(409, "conflict", e.to_string())
+            }
             HoldError::Store(_) => api_error(500, "store", e.to_string()),
         }
     }
@@ -112,7 +120,10 @@ impl Admin {
                 if e.status >= 500 {
                     tracing::error!(%method, path, code = e.code, message = %e.message, "admin request failed");
                 }
-                json_response(e.status, &json!({"error": {"code": e.code, "message": e.message}}))
+                json_response(
+                    e.status,
+                    &json!({"error": {"code": e.code, "message": e.message}}),
+                )
             }
         }
     }
@@ -135,21 +146,44 @@ impl Admin {
                     (&Method::POST, ["requests", id, "approve"]) => {
                         let id = id.to_string();
                         let body: ApproveBody = read_json(req).await?;
-                        self.review(&id, approver, ReviewAction::Approve { comment: body.comment.filter(|c| !c.trim().is_empty()) }).await
+                        self.review(
+                            &id,
+                            approver,
+                            ReviewAction::Approve {
+                                comment: body.comment.filter(|c| !c.trim().is_empty()),
+                            },
+                        )
+                        .await
                     }
                     (&Method::POST, ["requests", id, "deny"]) => {
                         let id = id.to_string();
                         let body: DenyBody = read_json(req).await?;
-                        let reason = body.reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
-                            api_error(400, "reason_required", "a denial needs a reason: {\"reason\": \"...\"}")
-                        })?;
-                        self.review(&id, approver, ReviewAction::Deny { reason }).await
+                        let reason =
+                            body.reason
+                                .filter(|r| !r.trim().is_empty())
+                                .ok_or_else(|| {
+                                    api_error(
+                                        400,
+                                        "reason_required",
+                                        "a denial needs a reason: {\"reason\": \"...\"}",
+                                    )
+                                })?;
+                        self.review(&id, approver, ReviewAction::Deny { reason })
+                            .await
                     }
                     (&Method::GET, ["audit"]) => self.audit(&query).await,
-                    _ => Err(api_error(404, "not_found", format!("no endpoint {} {path}", req.method()))),
+                    _ => Err(api_error(
+                        404,
+                        "not_found",
+                        format!("no endpoint {} {path}", req.method()),
+                    )),
                 }
             }
-            _ => Err(api_error(404, "not_found", format!("no endpoint {} {path}", req.method()))),
+            _ => Err(api_error(
+                404,
+                "not_found",
+                format!("no endpoint {} {path}", req.method()),
+            )),
         }
     }
 
@@ -158,13 +192,27 @@ impl Admin {
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| api_error(401, "unauthenticated", "send Authorization: Bearer <approver token>"))?;
+            .ok_or_else(|| {
+                api_error(
+                    401,
+                    "unauthenticated",
+                    "send Authorization: Bearer <approver token>",
+                )
+            })?;
         if header.starts_with("AWS4-") {
-            return Err(api_error(403, "workload_credential", "workload credentials cannot use the admin API"));
+            return Err(api_error(
+                403,
+                "workload_credential",
+                "workload credentials cannot use the admin API",
+            ));
         }
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| api_error(401, "unauthenticated", "send Authorization: Bearer <approver token>"))?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            api_error(
+                401,
+                "unauthenticated",
+                "send Authorization: Bearer <approver token>",
+            )
+        })?;
         let hash = sha256(token.trim().as_bytes());
         // Compare against every approver without stopping early.
         let mut found = None;
@@ -176,8 +224,16 @@ impl Admin {
         if let Some(a) = found {
             return Ok(a);
         }
-        if self.workload_token_hashes.iter().any(|w| bool::from(w.ct_eq(&hash))) {
-            return Err(api_error(403, "workload_credential", "workload credentials cannot use the admin API"));
+        if self
+            .workload_token_hashes
+            .iter()
+            .any(|w| bool::from(w.ct_eq(&hash)))
+        {
+            return Err(api_error(
+                403,
+                "workload_credential",
+                "workload credentials cannot use the admin API",
+            ));
         }
         Err(api_error(401, "unauthenticated", "unknown approver token"))
     }
@@ -186,7 +242,11 @@ impl Admin {
         let state = match query.get("state").map(String::as_str) {
             None | Some("") | Some("all") => None,
             Some(s) => Some(State::parse(s).ok_or_else(|| {
-                api_error(400, "bad_state", format!("state {s:?} is not one of pending, approved, denied, expired"))
+                api_error(
+                    400,
+                    "bad_state",
+                    format!("state {s:?} is not one of pending, approved, denied, expired"),
+                )
             })?),
         };
         let limit = parse_limit(query)?;
@@ -197,21 +257,48 @@ impl Admin {
     async fn show(&self, id: &str) -> Result<Value, ApiError> {
         match self.store.request(id).await? {
             Some(r) => Ok(view(&r)),
-            None => Err(api_error(404, "not_found", format!("no such request: {id}"))),
+            None => Err(api_error(
+                404,
+                "not_found",
+                format!("no such request: {id}"),
+            )),
         }
     }
 
-    async fn review(&self, id: &str, approver: &Approver, action: ReviewAction) -> Result<Value, ApiError> {
-        let reviewer = Reviewer { name: &approver.name, groups: &approver.groups };
-        let owner = self.broker.holds().identity_of(id).await.and_then(|identity| self.owners.get(&identity).cloned());
-        let updated = self.broker.holds().review(id, reviewer, owner.as_deref(), action, Timestamp::now()).await?;
+    async fn review(
+        &self,
+        id: &str,
+        approver: &Approver,
+        action: ReviewAction,
+    ) -> Result<Value, ApiError> {
+        let reviewer = Reviewer {
+            name: &approver.name,
+            groups: &approver.groups,
+        };
+        let owner = self
+            .broker
+            .holds()
+            .identity_of(id)
+            .await
+            .and_then(|identity| self.owners.get(&identity).cloned());
+        let updated = self
+            .broker
+            .holds()
+            .review(id, reviewer, owner.as_deref(), action, Timestamp::now())
+            .await?;
         tracing::info!(request = id, approver = approver.name, state = %updated.state, "review recorded");
         Ok(view(&updated))
     }
 
     async fn audit(&self, query: &HashMap<String, String>) -> Result<Value, ApiError> {
         let after = match query.get("after") {
-            Some(a) => a.parse().map_err(|_| api_error(400, "bad_after", format!("after={a:?} is not a sequence number")))?,
+            Some(a) => a.parse().map_err(|_| {
+                api_error(
+                    400,
+                    "bad_after",
+                    format!("after={a:?} is not a sequence number"),
+                )
+            })?,
             None => 0,
         };
         let limit = parse_limit(query)?;
@@ -232,14 +319,23 @@ struct DenyBody {
     reason: Option<String>,
 }
 
-async fn read_json<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
+async fn read_json<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
     let body = read_body(req.into_body(), MAX_ADMIN_BODY)
         .await
-        .map_err(|_| api_error(400, "bad_body", format!("body missing, unreadable or over {MAX_ADMIN_BODY} bytes")))?;
+        .map_err(|_| {
+            api_error(
+                400,
+                "bad_body",
+                format!("body missing, unreadable or over {MAX_ADMIN_BODY} bytes"),
+            )
+        })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|e| api_error(400, "bad_body", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| api_error(400, "bad_body", format!("invalid JSON body: {e}")))
 }
 
 fn parse_limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
@@ -247,7 +343,11 @@ fn parse_limit(query: &HashMap<String, String>) -> Result<usize, ApiError> {
         None => Ok(DEFAULT_LIMIT),
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(api_error(400, "bad_limit", format!("limit={l:?} must be 1..={MAX_LIMIT}"))),
+            _ => Err(api_error(
+                400,
+                "bad_limit",
+                format!("limit={l:?} must be 1..={MAX_LIMIT}"),
+            )),
         },
     }
 }

@@ -44,29 +44,46 @@ impl AdminClient {
         self.send(http::Method::POST, path, Some(body)).await
     }
 
-    async fn send(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
         let req = http::Request::builder()
             .method(method)
             .uri(&url)
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let resp = self.http.request(req).await.map_err(|e| ClientError::Unreachable {
-            addr: self.base.clone(),
-            message: e.to_string(),
-        })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.base.clone(),
+                message: e.to_string(),
+            })?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| ClientError::Unreachable { addr: self.base.clone(), message: e.to_string() })?
+            .map_err(|e| ClientError::Unreachable {
+                addr: self.base.clone(),
+                message: e.to_string(),
+            })?
             .to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status >= 400 {
-            let message = value["error"]["message"].as_str().unwrap_or("request failed").to_string();
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string();
             return Err(ClientError::Api { status, message });
         }
         Ok(value)

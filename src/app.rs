@@ -45,11 +45,16 @@ impl App {
             path: config.server.state.display().to_string(),
             source,
         };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.server.state).map_err(store_err)?);
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.server.state).map_err(store_err)?);
         let digest_key = store.digest_key().await.map_err(store_err)?;
-        let holds = Holds::load(store.clone(), config.gate.max_pending_per_identity, Timestamp::now())
-            .await
-            .map_err(store_err)?;
+        let holds = Holds::load(
+            store.clone(),
+            config.gate.max_pending_per_identity,
+            Timestamp::now(),
+        )
+        .await
+        .map_err(store_err)?;
         let upstream: Arc<dyn SecretsUpstream> = match &config.upstream {
             UpstreamConfig::Dev => {
                 let seeds: Vec<(String, String)> = config
@@ -57,17 +62,30 @@ impl App {
                     .iter()
                     .map(|(n, v)| (n.clone(), v.expose().to_string()))
                     .collect();
-                Arc::new(DevStore::new(&config.server.region, &seeds, std::time::SystemTime::now()))
+                Arc::new(DevStore::new(
+                    &config.server.region,
+                    &seeds,
+                    std::time::SystemTime::now(),
+                ))
             }
-            UpstreamConfig::Aws { region, endpoint, timeout } => {
-                Arc::new(AwsUpstream::new(region.clone(), endpoint.clone(), *timeout).await)
-            }
+            UpstreamConfig::Aws {
+                region,
+                endpoint,
+                timeout,
+            } => Arc::new(AwsUpstream::new(region.clone(), endpoint.clone(), *timeout).await),
         };
         if matches!(config.upstream, UpstreamConfig::Dev) {
-            tracing::warn!("upstream is the embedded dev store: secrets live in memory, NOT FOR PRODUCTION");
+            tracing::warn!(
+                "upstream is the embedded dev store: secrets live in memory, NOT FOR PRODUCTION"
+            );
         }
         tracing::info!(upstream = %upstream.describe(), pending = holds.pending_count().await, "state loaded");
-        let broker = Arc::new(Broker::new(config.policy.clone(), holds, store.clone(), digest_key));
+        let broker = Arc::new(Broker::new(
+            config.policy.clone(),
+            holds,
+            store.clone(),
+            digest_key,
+        ));
         let identities: Vec<Arc<_>> = config.identities.iter().cloned().map(Arc::new).collect();
         let aws = AwsFront::new(
             config.server.region.clone(),
@@ -82,7 +100,12 @@ impl App {
     }
 
     /// Serve both listeners until `shutdown` resolves.
-    pub async fn run(self, workload: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        self,
+        workload: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let app = Arc::new(self);
         let (stop_tx, stop_rx) = watch::channel(false);
         let sweeper = {

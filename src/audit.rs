@@ -152,7 +152,9 @@ pub enum ChainError {
     Link { seq: u64 },
     #[error("record {seq}: hash does not match its contents (the record was edited)")]
     Hash { seq: u64 },
-    #[error("record {seq}: column {column} disagrees with the hashed body (the record was edited)")]
+    #[error(
+        "record {seq}: column {column} disagrees with the hashed body (the record was edited)"
+    )]
     Column { seq: u64, column: &'static str },
     #[error("record {seq}: body is not a valid event: {message}")]
     Body { seq: u64, message: String },
@@ -225,7 +227,11 @@ mod tests {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
-                let mut e = AuditEvent::new(AuditKind::Allowed, "policy", Timestamp::from_millis(seq as i64));
+                let mut e = AuditEvent::new(
+                    AuditKind::Allowed,
+                    "policy",
+                    Timestamp::from_millis(seq as i64),
+                );
                 e.identity = Some("demo-app".into());
                 let body = event_body(&e);
                 let hash = chain_hash(&prev, seq, &body);
@@ -266,15 +272,33 @@ mod tests {
 
         let mut edited_column = chain(5);
         edited_column[1].actor = "mallory".into();
-        assert_eq!(verify(&edited_column), Err(ChainError::Column { seq: 2, column: "actor" }));
+        assert_eq!(
+            verify(&edited_column),
+            Err(ChainError::Column {
+                seq: 2,
+                column: "actor"
+            })
+        );
 
         let mut removed = chain(5);
         removed.remove(2);
-        assert_eq!(verify(&removed), Err(ChainError::Sequence { seq: 4, expected: 3 }));
+        assert_eq!(
+            verify(&removed),
+            Err(ChainError::Sequence {
+                seq: 4,
+                expected: 3
+            })
+        );
 
         let mut reordered = chain(5);
         reordered.swap(1, 2);
-        assert_eq!(verify(&reordered), Err(ChainError::Sequence { seq: 3, expected: 2 }));
+        assert_eq!(
+            verify(&reordered),
+            Err(ChainError::Sequence {
+                seq: 3,
+                expected: 2
+            })
+        );
 
         // Renumbering after a removal still breaks the link.
         let mut renumbered = chain(5);

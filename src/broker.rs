@@ -51,19 +51,40 @@ pub enum Admission {
 /// Why a request may not proceed; each front end words it natively.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
-    Policy { rule: Option<String>, reason: String },
-    AwaitingApproval { id: String, rule: String, group: String },
-    Rejected { id: String, by: String, reason: String },
-    Expired { id: String },
-    GrantUnavailable { id: String, why: String },
-    TooManyPending { limit: usize },
+    Policy {
+        rule: Option<String>,
+        reason: String,
+    },
+    AwaitingApproval {
+        id: String,
+        rule: String,
+        group: String,
+    },
+    Rejected {
+        id: String,
+        by: String,
+        reason: String,
+    },
+    Expired {
+        id: String,
+    },
+    GrantUnavailable {
+        id: String,
+        why: String,
+    },
+    TooManyPending {
+        limit: usize,
+    },
 }
 
 impl Refusal {
     /// The message the client sees (never a secret value).
     pub fn message(&self) -> String {
         match self {
-            Refusal::Policy { rule: Some(rule), reason } => {
+            Refusal::Policy {
+                rule: Some(rule),
+                reason,
+            } => {
                 format!("keygate: denied by rule {rule}: {reason}")
             }
             Refusal::Policy { rule: None, reason } => format!("keygate: {reason}"),
@@ -106,7 +127,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(policy: Policy, holds: Holds, store: Arc<dyn Store>, digest_key: [u8; 32]) -> Broker {
+    pub fn new(
+        policy: Policy,
+        holds: Holds,
+        store: Arc<dyn Store>,
+        digest_key: [u8; 32],
+    ) -> Broker {
         let history_keep = policy.longest_volume_window();
         Broker {
             policy,
@@ -132,7 +158,11 @@ impl Broker {
     pub fn digest(&self, req: &AccessRequest) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key)
             .expect("HMAC accepts keys of any length");
-        for part in [req.identity.as_bytes(), req.front.as_str().as_bytes(), req.operation.as_bytes()] {
+        for part in [
+            req.identity.as_bytes(),
+            req.front.as_str().as_bytes(),
+            req.operation.as_bytes(),
+        ] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -157,7 +187,11 @@ impl Broker {
             match self.policy.decide(&view, history, now) {
                 Decision::Allow { rule } => Decided::Allow(rule.map(str::to_string)),
                 Decision::Deny { rule, reason } => Decided::Deny(rule.map(str::to_string), reason),
-                Decision::Hold { rule, spec, reasons } => Decided::Hold(rule.to_string(), spec.clone(), reasons),
+                Decision::Hold {
+                    rule,
+                    spec,
+                    reasons,
+                } => Decided::Hold(rule.to_string(), spec.clone(), reasons),
             }
         };
         match decision {
@@ -217,10 +251,17 @@ impl Broker {
         let (id, rx) = match admitted {
             Admit::Granted { id } => {
                 self.record_reads(req, now);
-                return Ok(Admission::Proceed { rule: Some(rule), grant: Some(id) });
+                return Ok(Admission::Proceed {
+                    rule: Some(rule),
+                    grant: Some(id),
+                });
             }
             Admit::Denied { id, denial } => {
-                return Ok(Admission::Refused(Refusal::Rejected { id, by: denial.by, reason: denial.reason }))
+                return Ok(Admission::Refused(Refusal::Rejected {
+                    id,
+                    by: denial.by,
+                    reason: denial.reason,
+                }))
             }
             Admit::Waiting { id, rx } => (id, rx),
         };
@@ -230,21 +271,37 @@ impl Broker {
                 rule,
                 group: spec.approver_group,
             })),
-            Outcome::Denied(d) => Ok(Admission::Refused(Refusal::Rejected { id, by: d.by, reason: d.reason })),
+            Outcome::Denied(d) => Ok(Admission::Refused(Refusal::Rejected {
+                id,
+                by: d.by,
+                reason: d.reason,
+            })),
             Outcome::Expired => Ok(Admission::Refused(Refusal::Expired { id })),
             Outcome::Approved => match self.holds.release(&id, Timestamp::now()).await {
                 Ok(()) => {
                     self.record_reads(req, now);
-                    Ok(Admission::Proceed { rule: Some(rule), grant: Some(id) })
+                    Ok(Admission::Proceed {
+                        rule: Some(rule),
+                        grant: Some(id),
+                    })
                 }
                 Err(HoldError::Store(e)) => Err(e.into()),
                 // Another waiter on the same merged request used a one-time grant first.
-                Err(other) => Ok(Admission::Refused(Refusal::GrantUnavailable { id, why: other.to_string() })),
+                Err(other) => Ok(Admission::Refused(Refusal::GrantUnavailable {
+                    id,
+                    why: other.to_string(),
+                })),
             },
         }
     }
 
-    fn event(&self, kind: AuditKind, actor: &str, req: &AccessRequest, now: Timestamp) -> AuditEvent {
+    fn event(
+        &self,
+        kind: AuditKind,
+        actor: &str,
+        req: &AccessRequest,
+        now: Timestamp,
+    ) -> AuditEvent {
         let mut e = AuditEvent::new(kind, actor, now);
         e.identity = Some(req.identity.clone());
         e.front = Some(req.front);
@@ -258,10 +315,11 @@ impl Broker {
             return;
         }
         let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
-        histories
-            .entry(req.identity.clone())
-            .or_default()
-            .record(now, self.history_keep, &req.resources);
+        histories.entry(req.identity.clone()).or_default().record(
+            now,
+            self.history_keep,
+            &req.resources,
+        );
     }
 }
 

@@ -27,7 +27,9 @@ impl ReadCache {
     }
 
     pub fn get(&self, operation: &str, key: &Bytes) -> Option<SecretBytes> {
-        self.inner.as_ref()?.get(&(operation.to_string(), key.clone()))
+        self.inner
+            .as_ref()?
+            .get(&(operation.to_string(), key.clone()))
     }
 
     pub fn insert(&self, operation: &str, key: Bytes, value: SecretBytes) {
@@ -59,13 +61,21 @@ mod tests {
     fn entries_are_keyed_by_operation_and_body_and_invalidated() {
         let c = ReadCache::new(Duration::from_secs(60), 100);
         let k = Bytes::from_static(b"{\"SecretId\":\"a\"}");
-        c.insert("GetSecretValue", k.clone(), SecretBytes::new(Bytes::from_static(b"v")));
+        c.insert(
+            "GetSecretValue",
+            k.clone(),
+            SecretBytes::new(Bytes::from_static(b"v")),
+        );
         assert!(c.get("GetSecretValue", &k).is_some());
         assert!(c.get("DescribeSecret", &k).is_none());
         c.invalidate_all();
         assert!(c.get("GetSecretValue", &k).is_none());
         let off = ReadCache::new(Duration::ZERO, 100);
-        off.insert("GetSecretValue", k.clone(), SecretBytes::new(Bytes::from_static(b"v")));
+        off.insert(
+            "GetSecretValue",
+            k.clone(),
+            SecretBytes::new(Bytes::from_static(b"v")),
+        );
         assert!(off.get("GetSecretValue", &k).is_none());
     }
 }

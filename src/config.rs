@@ -458,20 +458,31 @@ fn validate_approvers(raw: Vec<RawApprover>) -> Result<Vec<Approver>, ConfigErro
         let key = format!("approvers[{i}]");
         let name = non_empty(&format!("{key}.name"), a.name)?;
         if !names.insert(name.clone()) {
-            return Err(invalid(format!("{key}.name"), format!("{name:?} is listed twice")));
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{name:?} is listed twice"),
+            ));
         }
         let token_sha256 = match (a.token, a.token_sha256) {
             (Some(t), None) => {
                 let token = resolve_secret(&format!("{key}.token"), &t)?;
                 if token.expose().len() < 8 {
-                    return Err(invalid(format!("{key}.token"), "must be at least 8 characters"));
+                    return Err(invalid(
+                        format!("{key}.token"),
+                        "must be at least 8 characters",
+                    ));
                 }
                 sha256(token.expose().as_bytes())
             }
             (None, Some(h)) => {
-                let bytes = hex::decode(h.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+                let bytes = hex::decode(h.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
                 bytes.ok_or_else(|| {
-                    invalid(format!("{key}.token_sha256"), "must be 64 hex characters (a SHA-256)")
+                    invalid(
+                        format!("{key}.token_sha256"),
+                        "must be 64 hex characters (a SHA-256)",
+                    )
                 })?
             }
             _ => {
@@ -482,7 +493,10 @@ fn validate_approvers(raw: Vec<RawApprover>) -> Result<Vec<Approver>, ConfigErro
             }
         };
         if !hashes.insert(token_sha256) {
-            return Err(invalid(format!("{key}.token"), "the same token is used by another approver"));
+            return Err(invalid(
+                format!("{key}.token"),
+                "the same token is used by another approver",
+            ));
         }
         out.push(Approver {
             name,
@@ -505,7 +519,10 @@ fn validate_identities(
         let key = format!("identities[{i}]");
         let name = non_empty(&format!("{key}.name"), r.name)?;
         if !names.insert(name.clone()) {
-            return Err(invalid(format!("{key}.name"), format!("{name:?} is listed twice")));
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{name:?} is listed twice"),
+            ));
         }
         // A workload can never act as an approver: keep the namespaces apart.
         if approvers.iter().any(|a| a.name == name) {
@@ -538,7 +555,10 @@ fn validate_identities(
                 }
                 Some(AwsKey {
                     access_key_id: id,
-                    secret_access_key: resolve_secret(&format!("{key}.aws_secret_access_key"), &secret)?,
+                    secret_access_key: resolve_secret(
+                        &format!("{key}.aws_secret_access_key"),
+                        &secret,
+                    )?,
                 })
             }
             (None, None) => None,
@@ -553,10 +573,19 @@ fn validate_identities(
             Some(t) => {
                 let token = resolve_secret(&format!("{key}.vault_token"), &t)?;
                 if !tokens.insert(token.expose().to_string()) {
-                    return Err(invalid(format!("{key}.vault_token"), "used by another identity"));
+                    return Err(invalid(
+                        format!("{key}.vault_token"),
+                        "used by another identity",
+                    ));
                 }
-                if approvers.iter().any(|a| a.token_sha256 == sha256(token.expose().as_bytes())) {
-                    return Err(invalid(format!("{key}.vault_token"), "equals an approver's token"));
+                if approvers
+                    .iter()
+                    .any(|a| a.token_sha256 == sha256(token.expose().as_bytes()))
+                {
+                    return Err(invalid(
+                        format!("{key}.vault_token"),
+                        "equals an approver's token",
+                    ));
                 }
                 Some(token)
             }
@@ -590,7 +619,10 @@ fn validate_dev_secrets(
             let key = format!("dev_store.secrets[{i}]");
             let name = non_empty(&format!("{key}.name"), s.name)?;
             if !seen.insert(name.clone()) {
-                return Err(invalid(format!("{key}.name"), format!("{name:?} is listed twice")));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("{name:?} is listed twice"),
+                ));
             }
             Ok((name, resolve_secret(&format!("{key}.value"), &s.value)?))
         })
@@ -620,7 +652,10 @@ fn validate_policy(raw: RawPolicy, approvers: &[Approver]) -> Result<Policy, Con
         let key = format!("policy.rules[{i}]");
         let name = non_empty(&format!("{key}.name"), r.name.clone())?;
         if !names.insert(name.clone()) {
-            return Err(invalid(format!("{key}.name"), format!("{name:?} is used by another rule")));
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{name:?} is used by another rule"),
+            ));
         }
         rules.push(validate_rule(&key, name, r, &group_sizes)?);
     }
@@ -672,7 +707,10 @@ fn validate_rule(
     let distinct_reads = match (r.min_distinct_reads, &r.reads_within) {
         (None, None) => None,
         (Some(0), _) => {
-            return Err(invalid(format!("{key}.min_distinct_reads"), "must be at least 1"))
+            return Err(invalid(
+                format!("{key}.min_distinct_reads"),
+                "must be at least 1",
+            ))
         }
         (Some(count), Some(w)) => Some(VolumeCondition {
             count,
@@ -705,7 +743,10 @@ fn validate_rule(
             }
             if r.action == "allow" {
                 if r.reason.is_some() {
-                    return Err(invalid(format!("{key}.reason"), "only applies to deny and hold"));
+                    return Err(invalid(
+                        format!("{key}.reason"),
+                        "only applies to deny and hold",
+                    ));
                 }
                 Action::Allow
             } else {
@@ -745,10 +786,12 @@ fn validate_hold(
     r: &RawRule,
     group_sizes: &HashMap<&str, u32>,
 ) -> Result<HoldSpec, ConfigError> {
-    let group = r
-        .approvers
-        .clone()
-        .ok_or_else(|| invalid(format!("{key}.approvers"), "a hold rule must name an approver group"))?;
+    let group = r.approvers.clone().ok_or_else(|| {
+        invalid(
+            format!("{key}.approvers"),
+            "a hold rule must name an approver group",
+        )
+    })?;
     // Fail closed: a hold nobody could approve, or approved by nobody, is a config error.
     let approvals = match r.approvals {
         None => NonZeroU32::MIN,
@@ -769,7 +812,9 @@ fn validate_hold(
     if approvals.get() > members {
         return Err(invalid(
             format!("{key}.approvals"),
-            format!("{approvals} approvals needed but group {group:?} has only {members} approver(s)"),
+            format!(
+                "{approvals} approvals needed but group {group:?} has only {members} approver(s)"
+            ),
         ));
     }
     let dur = |k: &str, v: &Option<String>, default: Duration| match v {
@@ -797,10 +842,16 @@ fn validate_hold(
         }
         Some("window") => {
             let uses = r.grant_uses.and_then(NonZeroU32::new).ok_or_else(|| {
-                invalid(format!("{key}.grant_uses"), "grant = \"window\" needs grant_uses >= 1")
+                invalid(
+                    format!("{key}.grant_uses"),
+                    "grant = \"window\" needs grant_uses >= 1",
+                )
             })?;
             let window = r.grant_window.as_ref().ok_or_else(|| {
-                invalid(format!("{key}.grant_window"), "grant = \"window\" needs a grant_window")
+                invalid(
+                    format!("{key}.grant_window"),
+                    "grant = \"window\" needs a grant_window",
+                )
             })?;
             GrantSpec::Window {
                 uses,
@@ -862,8 +913,16 @@ aws_secret_access_key = "s"
     #[test]
     fn refusals_name_key_and_value() {
         let hold = "[[policy.rules]]\nname = \"h\"\naction = \"hold\"\napprovers = \"secops\"\n";
-        check_err(&format!("{hold}approvals = 0\n"), "policy.rules[0].approvals", "at least 1");
-        check_err(&format!("{hold}approvals = 2\n"), "policy.rules[0].approvals", "only 1");
+        check_err(
+            &format!("{hold}approvals = 0\n"),
+            "policy.rules[0].approvals",
+            "at least 1",
+        );
+        check_err(
+            &format!("{hold}approvals = 2\n"),
+            "policy.rules[0].approvals",
+            "only 1",
+        );
         check_err(
             "[[policy.rules]]\nname = \"h\"\naction = \"hold\"\napprovers = \"nobody\"\n",
             "policy.rules[0].approvers",
@@ -874,14 +933,26 @@ aws_secret_access_key = "s"
             "policy.rules[0].approvals",
             "only applies to action = \"hold\"",
         );
-        check_err("[[policy.rules]]\nname = \"a\"\naction = \"permit\"\n", "policy.rules[0].action", "\"permit\"");
+        check_err(
+            "[[policy.rules]]\nname = \"a\"\naction = \"permit\"\n",
+            "policy.rules[0].action",
+            "\"permit\"",
+        );
         check_err(
             "[[policy.rules]]\nname = \"a\"\naction = \"allow\"\noperations = [\"GetSecret\"]\n",
             "policy.rules[0].operations",
             "GetSecretValue",
         );
-        check_err(&format!("{hold}hold_window = \"soon\"\n"), "policy.rules[0].hold_window", "\"soon\"");
-        check_err("[policy]\ndefault = \"maybe\"\n", "policy.default", "\"maybe\"");
+        check_err(
+            &format!("{hold}hold_window = \"soon\"\n"),
+            "policy.rules[0].hold_window",
+            "\"soon\"",
+        );
+        check_err(
+            "[policy]\ndefault = \"maybe\"\n",
+            "policy.default",
+            "\"maybe\"",
+        );
         check_err("[cache]\nttl = \"1s\"\nsize = 3\n", "unknown field", "size");
     }
 
@@ -889,7 +960,11 @@ aws_secret_access_key = "s"
     fn workload_cannot_share_an_approver_name_or_token() {
         let text = BASE.replace("name = \"app\"", "name = \"alice\"");
         let err = Config::parse(&text, Path::new("t.toml")).expect_err("refused");
-        assert!(err.to_string().contains("workload identities cannot approve"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("workload identities cannot approve"),
+            "{err}"
+        );
         let err = Config::parse(
             &format!("{BASE}vault_token = \"kg-alice-token\"\n"),
             Path::new("t.toml"),
@@ -901,13 +976,22 @@ aws_secret_access_key = "s"
     #[test]
     fn secret_references_resolve_from_env_and_file() {
         std::env::set_var("KEYGATE_TEST_SECRET_REF", "from-env");
-        assert_eq!(resolve_secret("k", "env:KEYGATE_TEST_SECRET_REF").map(|s| s.expose().to_string()).ok(), Some("from-env".into()));
+        assert_eq!(
+            resolve_secret("k", "env:KEYGATE_TEST_SECRET_REF")
+                .map(|s| s.expose().to_string())
+                .ok(),
+            Some("from-env".into())
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("s");
         std::fs::write(&p, "from-file\n").expect("write");
         let got = resolve_secret("k", &format!("file:{}", p.display())).expect("file ref");
         assert_eq!(got.expose(), "from-file");
-        let err = resolve_secret("identities[0].x", "env:KEYGATE_TEST_UNSET_VAR").expect_err("unset");
-        assert!(err.to_string().contains("identities[0].x") && err.to_string().contains("KEYGATE_TEST_UNSET_VAR"));
+        let err =
+            resolve_secret("identities[0].x", "env:KEYGATE_TEST_UNSET_VAR").expect_err("unset");
+        assert!(
+            err.to_string().contains("identities[0].x")
+                && err.to_string().contains("KEYGATE_TEST_UNSET_VAR")
+        );
     }
 }

@@ -15,7 +15,12 @@ pub type Body = Full<Bytes>;
 pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(BodyError::TooLarge)
+        }
         Err(e) => Err(BodyError::Broken(e.to_string())),
     }
 }
@@ -30,7 +35,8 @@ pub enum BodyError {
 /// everything else is the AWS Secrets Manager JSON protocol.
 pub async fn route(aws: &aws::AwsFront, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path().starts_with("/v1/") {
-        let body = r#"{"errors":["keygate: the Vault API front end is not enabled on this listener"]}"#;
+        let body =
+            r#"{"errors":["keygate: the Vault API front end is not enabled on this listener"]}"#;
         return Response::builder()
             .status(404)
             .header("content-type", "application/json")

@@ -28,7 +28,12 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [State::Pending, State::Approved, State::Denied, State::Expired];
+    pub const ALL: [State; 4] = [
+        State::Pending,
+        State::Approved,
+        State::Denied,
+        State::Expired,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -182,7 +187,7 @@ impl HeldRequest {
         if now >= self.expires_at {
             return Err(ReviewError::Expired);
         }
-        if !reviewer.groups.iter().any(|g| *g == self.spec.approver_group) {
+        if !reviewer.groups.contains(&self.spec.approver_group) {
             return Err(ReviewError::NotInGroup {
                 approver: reviewer.name.to_string(),
                 group: self.spec.approver_group.clone(),
@@ -323,7 +328,14 @@ mod tests {
             justification: None,
             digest: "d".into(),
         };
-        HeldRequest::new("r1".into(), subject, "prod-read".into(), vec![], spec(approvals, grant), t(0))
+        HeldRequest::new(
+            "r1".into(),
+            subject,
+            "prod-read".into(),
+            vec![],
+            spec(approvals, grant),
+            t(0),
+        )
     }
 
     fn t(secs: u64) -> Timestamp {
@@ -349,11 +361,27 @@ mod tests {
             let now = t(at);
             match step {
                 Step::Approve(who, want) => {
-                    let got = r.approve(Reviewer { name: who, groups: &groups }, Some("owner"), None, now);
+                    let got = r.approve(
+                        Reviewer {
+                            name: who,
+                            groups: &groups,
+                        },
+                        Some("owner"),
+                        None,
+                        now,
+                    );
                     assert_eq!(got, want, "step {i}");
                 }
                 Step::Deny(who, want) => {
-                    let got = r.deny(Reviewer { name: who, groups: &groups }, Some("owner"), "no".into(), now);
+                    let got = r.deny(
+                        Reviewer {
+                            name: who,
+                            groups: &groups,
+                        },
+                        Some("owner"),
+                        "no".into(),
+                        now,
+                    );
                     assert_eq!(got, want, "step {i}");
                 }
                 Step::Take(want) => assert_eq!(r.take_grant(now), want, "step {i}"),
@@ -366,81 +394,157 @@ mod tests {
     #[test]
     fn once_grant_is_used_exactly_once() {
         use Step::*;
-        check(1, GrantSpec::Once, vec![
-            (1, Take(Err(GrantError::NotApproved(State::Pending)))),
-            (2, Approve("alice", Ok(ReviewOutcome::Approved))),
-            (3, Take(Ok(()))),
-            (4, Take(Err(GrantError::Spent))),
-        ], State::Approved);
+        check(
+            1,
+            GrantSpec::Once,
+            vec![
+                (1, Take(Err(GrantError::NotApproved(State::Pending)))),
+                (2, Approve("alice", Ok(ReviewOutcome::Approved))),
+                (3, Take(Ok(()))),
+                (4, Take(Err(GrantError::Spent))),
+            ],
+            State::Approved,
+        );
     }
 
     #[test]
     fn quorum_counts_each_person_once_and_never_the_owner() {
         use Step::*;
-        check(2, GrantSpec::Once, vec![
-            (1, Approve("alice", Ok(ReviewOutcome::Counted { have: 1, need: 2 }))),
-            (2, Approve("alice", Err(ReviewError::AlreadyApproved("alice".into())))),
-            (3, Approve("owner", Err(ReviewError::Owner { approver: "owner".into(), identity: "demo-app".into() }))),
-            (4, Approve("bob", Ok(ReviewOutcome::Approved))),
-            (5, Approve("carol", Err(ReviewError::NotPending(State::Approved)))),
-        ], State::Approved);
+        check(
+            2,
+            GrantSpec::Once,
+            vec![
+                (
+                    1,
+                    Approve("alice", Ok(ReviewOutcome::Counted { have: 1, need: 2 })),
+                ),
+                (
+                    2,
+                    Approve("alice", Err(ReviewError::AlreadyApproved("alice".into()))),
+                ),
+                (
+                    3,
+                    Approve(
+                        "owner",
+                        Err(ReviewError::Owner {
+                            approver: "owner".into(),
+                            identity: "demo-app".into(),
+                        }),
+                    ),
+                ),
+                (4, Approve("bob", Ok(ReviewOutcome::Approved))),
+                (
+                    5,
+                    Approve("carol", Err(ReviewError::NotPending(State::Approved))),
+                ),
+            ],
+            State::Approved,
+        );
     }
 
     #[test]
     fn a_denial_decides_and_cannot_be_overturned() {
         use Step::*;
-        check(2, GrantSpec::Once, vec![
-            (1, Approve("alice", Ok(ReviewOutcome::Counted { have: 1, need: 2 }))),
-            (2, Deny("bob", Ok(()))),
-            (3, Approve("carol", Err(ReviewError::NotPending(State::Denied)))),
-            (4, Take(Err(GrantError::NotApproved(State::Denied)))),
-        ], State::Denied);
+        check(
+            2,
+            GrantSpec::Once,
+            vec![
+                (
+                    1,
+                    Approve("alice", Ok(ReviewOutcome::Counted { have: 1, need: 2 })),
+                ),
+                (2, Deny("bob", Ok(()))),
+                (
+                    3,
+                    Approve("carol", Err(ReviewError::NotPending(State::Denied))),
+                ),
+                (4, Take(Err(GrantError::NotApproved(State::Denied)))),
+            ],
+            State::Denied,
+        );
     }
 
     #[test]
     fn pending_requests_expire_and_are_never_allowed() {
         use Step::*;
-        check(1, GrantSpec::Once, vec![
-            (59, Expire(false)),
-            (60, Approve("alice", Err(ReviewError::Expired))),
-            (60, Expire(true)),
-            (61, Take(Err(GrantError::NotApproved(State::Expired)))),
-            (62, Expire(false)),
-        ], State::Expired);
+        check(
+            1,
+            GrantSpec::Once,
+            vec![
+                (59, Expire(false)),
+                (60, Approve("alice", Err(ReviewError::Expired))),
+                (60, Expire(true)),
+                (61, Take(Err(GrantError::NotApproved(State::Expired)))),
+                (62, Expire(false)),
+            ],
+            State::Expired,
+        );
     }
 
     #[test]
     fn an_unused_approval_lapses_after_approval_ttl() {
         use Step::*;
-        check(1, GrantSpec::Once, vec![
-            (10, Approve("alice", Ok(ReviewOutcome::Approved))),
-            (40, Take(Err(GrantError::Expired))),
-        ], State::Approved);
+        check(
+            1,
+            GrantSpec::Once,
+            vec![
+                (10, Approve("alice", Ok(ReviewOutcome::Approved))),
+                (40, Take(Err(GrantError::Expired))),
+            ],
+            State::Approved,
+        );
     }
 
     #[test]
     fn window_grant_starts_at_first_use_and_counts_uses() {
         use Step::*;
-        let grant = GrantSpec::Window { uses: NonZeroU32::new(2).expect("2"), window: Duration::from_secs(5) };
-        check(1, grant, vec![
-            (1, Approve("alice", Ok(ReviewOutcome::Approved))),
-            (20, Take(Ok(()))),
-            (26, Take(Err(GrantError::Expired))),
-        ], State::Approved);
-        check(1, grant, vec![
-            (1, Approve("alice", Ok(ReviewOutcome::Approved))),
-            (2, Take(Ok(()))),
-            (3, Take(Ok(()))),
-            (4, Take(Err(GrantError::Spent))),
-        ], State::Approved);
+        let grant = GrantSpec::Window {
+            uses: NonZeroU32::new(2).expect("2"),
+            window: Duration::from_secs(5),
+        };
+        check(
+            1,
+            grant,
+            vec![
+                (1, Approve("alice", Ok(ReviewOutcome::Approved))),
+                (20, Take(Ok(()))),
+                (26, Take(Err(GrantError::Expired))),
+            ],
+            State::Approved,
+        );
+        check(
+            1,
+            grant,
+            vec![
+                (1, Approve("alice", Ok(ReviewOutcome::Approved))),
+                (2, Take(Ok(()))),
+                (3, Take(Ok(()))),
+                (4, Take(Err(GrantError::Spent))),
+            ],
+            State::Approved,
+        );
     }
 
     #[test]
     fn reviewers_outside_the_group_are_refused() {
         let mut r = held(1, GrantSpec::Once);
         let groups = vec!["payments".to_string()];
-        let got = r.approve(Reviewer { name: "carol", groups: &groups }, None, None, t(1));
-        assert_eq!(got, Err(ReviewError::NotInGroup { approver: "carol".into(), group: "secops".into() }));
+        let got = r.approve(
+            Reviewer {
+                name: "carol",
+                groups: &groups,
+            },
+            None,
+            None,
+            t(1),
+        );
+        assert_eq!(
+            got,
+            Err(ReviewError::NotInGroup {
+                approver: "carol".into(),
+                group: "secops".into()
+            })
+        );
         assert_eq!(r.state, State::Pending);
         assert!(r.approvals.is_empty());
     }
@@ -450,7 +554,16 @@ mod tests {
         let mut r = held(1, GrantSpec::Once);
         assert!(r.is_live(t(1)));
         let groups = secops();
-        r.approve(Reviewer { name: "alice", groups: &groups }, None, None, t(1)).expect("approve");
+        r.approve(
+            Reviewer {
+                name: "alice",
+                groups: &groups,
+            },
+            None,
+            None,
+            t(1),
+        )
+        .expect("approve");
         assert!(r.is_live(t(2)));
         r.take_grant(t(2)).expect("take");
         assert!(!r.is_live(t(3)));

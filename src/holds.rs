@@ -15,7 +15,9 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 
 use crate::audit::{AuditEvent, AuditKind, SYSTEM_ACTOR};
-use crate::gate::{Denial, GrantError, HeldRequest, ReviewError, ReviewOutcome, Reviewer, State, Subject};
+use crate::gate::{
+    Denial, GrantError, HeldRequest, ReviewError, ReviewOutcome, Reviewer, State, Subject,
+};
 use crate::policy::HoldSpec;
 use crate::store::{Commit, Store, StoreError};
 use crate::timestamp::Timestamp;
@@ -61,13 +63,19 @@ impl Live {
         let (announce, rx) = watch::channel(outcome_of(&request));
         self.by_digest
             .insert(request.subject.digest.clone(), request.id.clone());
-        self.by_id.insert(request.id.clone(), Entry { request, announce });
+        self.by_id
+            .insert(request.id.clone(), Entry { request, announce });
         rx
     }
 
     fn remove(&mut self, id: &str) {
         if let Some(e) = self.by_id.remove(id) {
-            if self.by_digest.get(&e.request.subject.digest).map(String::as_str) == Some(id) {
+            if self
+                .by_digest
+                .get(&e.request.subject.digest)
+                .map(String::as_str)
+                == Some(id)
+            {
                 self.by_digest.remove(&e.request.subject.digest);
             }
         }
@@ -137,7 +145,11 @@ fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> Audit
 
 impl Holds {
     /// Rebuild the live index from the store (after a restart nothing pending is lost).
-    pub async fn load(store: Arc<dyn Store>, max_pending_per_identity: usize, now: Timestamp) -> Result<Holds, StoreError> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        max_pending_per_identity: usize,
+        now: Timestamp,
+    ) -> Result<Holds, StoreError> {
         let mut live = Live::default();
         for r in store.live_requests().await? {
             if r.is_live(now) || r.state == State::Pending {
@@ -170,7 +182,10 @@ impl Holds {
                         if next.take_grant(now).is_ok() {
                             let e = event(AuditKind::GrantUsed, &next.subject.identity, &next, now);
                             self.store
-                                .commit(Commit { requests: vec![next.clone()], events: vec![e] })
+                                .commit(Commit {
+                                    requests: vec![next.clone()],
+                                    events: vec![e],
+                                })
                                 .await?;
                             let spent = !next.is_live(now);
                             if let Some(entry) = live.by_id.get_mut(&id) {
@@ -185,7 +200,12 @@ impl Holds {
                         live.remove(&id);
                     }
                     State::Pending if now < existing.expires_at => {
-                        let mut e = event(AuditKind::Merged, &existing.subject.identity, &existing, now);
+                        let mut e = event(
+                            AuditKind::Merged,
+                            &existing.subject.identity,
+                            &existing,
+                            now,
+                        );
                         e.detail = Some("identical request merged into the pending one".into());
                         self.store.commit(Commit::event(e)).await?;
                         let rx = live.by_id.get(&id).map(|e| e.announce.subscribe());
@@ -220,7 +240,10 @@ impl Holds {
         let mut e = event(AuditKind::Held, crate::audit::POLICY_ACTOR, &request, now);
         e.detail = Some(request.reasons.join("; "));
         self.store
-            .commit(Commit { requests: vec![request.clone()], events: vec![e] })
+            .commit(Commit {
+                requests: vec![request.clone()],
+                events: vec![e],
+            })
             .await?;
         let id = request.id.clone();
         let rx = live.insert(request);
@@ -240,14 +263,25 @@ impl Holds {
     /// A waiting client whose request was approved uses the grant.
     pub async fn release(&self, id: &str, now: Timestamp) -> Result<(), HoldError> {
         let mut live = self.live.lock().await;
-        let entry = live.by_id.get(id).ok_or_else(|| HoldError::NotFound(id.to_string()))?;
+        let entry = live
+            .by_id
+            .get(id)
+            .ok_or_else(|| HoldError::NotFound(id.to_string()))?;
         let mut next = entry.request.clone();
-        next.take_grant(now).map_err(|source| HoldError::Grant { id: id.to_string(), source })?;
+        next.take_grant(now).map_err(|source| HoldError::Grant {
+            id: id.to_string(),
+            source,
+        })?;
         let events = vec![
             event(AuditKind::GrantUsed, &next.subject.identity, &next, now),
             event(AuditKind::Released, SYSTEM_ACTOR, &next, now),
         ];
-        self.store.commit(Commit { requests: vec![next.clone()], events }).await?;
+        self.store
+            .commit(Commit {
+                requests: vec![next.clone()],
+                events,
+            })
+            .await?;
         let spent = !next.is_live(now);
         if let Some(entry) = live.by_id.get_mut(id) {
             entry.request = next;
@@ -283,7 +317,10 @@ impl Holds {
                     let mut e = event(AuditKind::Approved, reviewer.name, &next, now);
                     e.detail = Some(match o {
                         ReviewOutcome::Counted { have, need } => {
-                            format!("approval {have} of {need}; comment: {}", detail.unwrap_or_default())
+                            format!(
+                                "approval {have} of {need}; comment: {}",
+                                detail.unwrap_or_default()
+                            )
                         }
                         ReviewOutcome::Approved => {
                             format!("approved; comment: {}", detail.unwrap_or_default())
@@ -292,11 +329,13 @@ impl Holds {
                     e
                 })
             }
-            ReviewAction::Deny { reason } => next.deny(reviewer, owner, reason.clone(), now).map(|()| {
-                let mut e = event(AuditKind::Rejected, reviewer.name, &next, now);
-                e.detail = Some(reason);
-                e
-            }),
+            ReviewAction::Deny { reason } => {
+                next.deny(reviewer, owner, reason.clone(), now).map(|()| {
+                    let mut e = event(AuditKind::Rejected, reviewer.name, &next, now);
+                    e.detail = Some(reason);
+                    e
+                })
+            }
         };
         let e = match result {
             Ok(e) => e,
@@ -307,7 +346,12 @@ impl Holds {
             }
             Err(other) => return Err(other.into()),
         };
-        self.store.commit(Commit { requests: vec![next.clone()], events: vec![e] }).await?;
+        self.store
+            .commit(Commit {
+                requests: vec![next.clone()],
+                events: vec![e],
+            })
+            .await?;
         if let Some(entry) = live.by_id.get_mut(id) {
             entry.request = next.clone();
             entry.announce.send_replace(outcome_of(&next));
@@ -341,7 +385,10 @@ impl Holds {
                 })
                 .collect();
             self.store
-                .commit(Commit { requests: expired.clone(), events })
+                .commit(Commit {
+                    requests: expired.clone(),
+                    events,
+                })
                 .await?;
             for r in &expired {
                 if let Some(entry) = live.by_id.get(&r.id) {
@@ -359,12 +406,17 @@ impl Holds {
     /// The identity that made a live request (to look up its owner).
     pub async fn identity_of(&self, id: &str) -> Option<String> {
         let live = self.live.lock().await;
-        live.by_id.get(id).map(|e| e.request.subject.identity.clone())
+        live.by_id
+            .get(id)
+            .map(|e| e.request.subject.identity.clone())
     }
 
     /// How many requests await a decision (readiness output and tests).
     pub async fn pending_count(&self) -> usize {
         let live = self.live.lock().await;
-        live.by_id.values().filter(|e| e.request.state == State::Pending).count()
+        live.by_id
+            .values()
+            .filter(|e| e.request.state == State::Pending)
+            .count()
     }
 }

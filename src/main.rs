@@ -19,7 +19,11 @@ use keygate::timestamp::Timestamp;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "keygate", version, about = "Secrets broker with a human approval gate")]
+#[command(
+    name = "keygate",
+    version,
+    about = "Secrets broker with a human approval gate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,10 +73,20 @@ struct ExplainArgs {
 #[derive(Args)]
 struct AdminArgs {
     /// Admin API address, e.g. http://127.0.0.1:8741
-    #[arg(long, env = "KEYGATE_ADMIN_ADDR", default_value = "http://127.0.0.1:8741", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_ADMIN_ADDR",
+        default_value = "http://127.0.0.1:8741",
+        global = true
+    )]
     admin_addr: String,
     /// Approver bearer token.
-    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
 }
 
@@ -113,7 +127,10 @@ enum AuditAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -125,7 +142,9 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve(&config).await,
             Command::Check { config, explain } => check(&config, &explain),
             Command::Requests { admin, action } => report(requests(admin, action).await),
-            Command::Audit { action: AuditAction::Verify { config } } => verify(&config).await,
+            Command::Audit {
+                action: AuditAction::Verify { config },
+            } => verify(&config).await,
         }
     })
 }
@@ -177,9 +196,14 @@ async fn serve(path: &Path) -> ExitCode {
         }
     };
     let bind = |addr| async move {
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))
     };
-    let (workload, admin) = match (bind(config.server.listen).await, bind(config.server.admin_listen).await) {
+    let (workload, admin) = match (
+        bind(config.server.listen).await,
+        bind(config.server.admin_listen).await,
+    ) {
         (Ok(w), Ok(a)) => (w, a),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e:#}");
@@ -200,13 +224,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -232,7 +257,10 @@ fn check(path: &Path, explain: &ExplainArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     let Some(class) = ops::classify(operation) else {
-        eprintln!("error: unknown operation {operation:?}; known: {}", ops::names().collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "error: unknown operation {operation:?}; known: {}",
+            ops::names().collect::<Vec<_>>().join(", ")
+        );
         return ExitCode::from(EXIT_CONFIG);
     };
     let groups = config
@@ -249,7 +277,10 @@ fn check(path: &Path, explain: &ExplainArgs) -> ExitCode {
         class,
         resources: &explain.resources,
     };
-    for line in config.policy.explain(&request, &ReadHistory::default(), Timestamp::now()) {
+    for line in config
+        .policy
+        .explain(&request, &ReadHistory::default(), Timestamp::now())
+    {
         println!("{line}");
     }
     ExitCode::SUCCESS
@@ -262,7 +293,9 @@ async fn requests(admin: AdminArgs, action: RequestsAction) -> anyhow::Result<()
     let client = AdminClient::new(&admin.admin_addr, &token);
     match action {
         RequestsAction::List { state, json } => {
-            let v = client.get(&format!("/admin/v1/requests?state={state}")).await?;
+            let v = client
+                .get(&format!("/admin/v1/requests?state={state}"))
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -281,11 +314,24 @@ async fn requests(admin: AdminArgs, action: RequestsAction) -> anyhow::Result<()
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         RequestsAction::Approve { id, comment } => {
-            let v = client.post(&format!("/admin/v1/requests/{id}/approve"), json!({ "comment": comment })).await?;
-            println!("approved {id}: state {}", v["state"].as_str().unwrap_or("?"));
+            let v = client
+                .post(
+                    &format!("/admin/v1/requests/{id}/approve"),
+                    json!({ "comment": comment }),
+                )
+                .await?;
+            println!(
+                "approved {id}: state {}",
+                v["state"].as_str().unwrap_or("?")
+            );
         }
         RequestsAction::Deny { id, reason } => {
-            let v = client.post(&format!("/admin/v1/requests/{id}/deny"), json!({ "reason": reason })).await?;
+            let v = client
+                .post(
+                    &format!("/admin/v1/requests/{id}/deny"),
+                    json!({ "reason": reason }),
+                )
+                .await?;
             println!("denied {id}: state {}", v["state"].as_str().unwrap_or("?"));
         }
     }
@@ -303,7 +349,11 @@ fn summary(r: &Value) -> String {
         r["state"].as_str().unwrap_or("?"),
         r["identity"].as_str().unwrap_or("?"),
         r["operation"].as_str().unwrap_or("?"),
-        if resources.is_empty() { "-".to_string() } else { resources.join(",") },
+        if resources.is_empty() {
+            "-".to_string()
+        } else {
+            resources.join(",")
+        },
         r["rule"].as_str().unwrap_or("?"),
         r["created_at"].as_str().unwrap_or("?"),
     )
@@ -344,6 +394,10 @@ async fn verify(path: &Path) -> ExitCode {
             }
         }
     }
-    println!("audit log OK: {} records, head {}", verifier.count(), verifier.head());
+    println!(
+        "audit log OK: {} records, head {}",
+        verifier.count(),
+        verifier.head()
+    );
     ExitCode::SUCCESS
 }

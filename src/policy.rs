@@ -302,7 +302,11 @@ impl Policy {
         lines.push(match &decision {
             Decision::Allow { rule } => format!("decision: allow ({})", rule.unwrap_or("default")),
             Decision::Deny { reason, .. } => format!("decision: deny: {reason}"),
-            Decision::Hold { rule, spec, reasons } => format!(
+            Decision::Hold {
+                rule,
+                spec,
+                reasons,
+            } => format!(
                 "decision: hold by rule {rule}: {} approval(s) from group {}; {}",
                 spec.approvals,
                 spec.approver_group,
@@ -329,8 +333,7 @@ impl Rule {
         history: &ReadHistory,
         now: Timestamp,
     ) -> Option<Mismatch<'a>> {
-        if !self.identities.is_empty() && !self.identities.iter().any(|g| g.matches(req.identity))
-        {
+        if !self.identities.is_empty() && !self.identities.iter().any(|g| g.matches(req.identity)) {
             return Some(Mismatch::Identity);
         }
         if !self.groups.is_empty() && !self.groups.iter().any(|g| req.groups.contains(g)) {
@@ -377,7 +380,12 @@ impl Rule {
         None
     }
 
-    fn decision<'p>(&'p self, req: &Request<'_>, history: &ReadHistory, now: Timestamp) -> Decision<'p> {
+    fn decision<'p>(
+        &'p self,
+        req: &Request<'_>,
+        history: &ReadHistory,
+        now: Timestamp,
+    ) -> Decision<'p> {
         match &self.action {
             Action::Allow => Decision::Allow {
                 rule: Some(&self.name),
@@ -395,7 +403,12 @@ impl Rule {
     }
 
     /// Explicit criteria for a hold: every hold names the rule and why it matched.
-    fn hold_reasons(&self, req: &Request<'_>, history: &ReadHistory, now: Timestamp) -> Vec<String> {
+    fn hold_reasons(
+        &self,
+        req: &Request<'_>,
+        history: &ReadHistory,
+        now: Timestamp,
+    ) -> Vec<String> {
         let mut reasons = vec![format!(
             "rule {} holds {} ({}) on {}",
             self.name,
@@ -516,27 +529,54 @@ mod tests {
             default: DefaultAction::Deny,
             rules: vec![
                 volume,
-                rule("demo-read", &["GetSecretValue", "DescribeSecret"], &["demo/*"], Action::Allow),
-                rule("prod-read", &["GetSecretValue"], &["prod/*"], hold("secops")),
+                rule(
+                    "demo-read",
+                    &["GetSecretValue", "DescribeSecret"],
+                    &["demo/*"],
+                    Action::Allow,
+                ),
+                rule(
+                    "prod-read",
+                    &["GetSecretValue"],
+                    &["prod/*"],
+                    hold("secops"),
+                ),
                 batch,
-                rule("small-batch", &["BatchGetSecretValue"], &["demo/*"], Action::Allow),
+                rule(
+                    "small-batch",
+                    &["BatchGetSecretValue"],
+                    &["demo/*"],
+                    Action::Allow,
+                ),
                 rule(
                     "no-delete",
                     &["DeleteSecret"],
                     &[],
-                    Action::Deny { reason: "never".into() },
+                    Action::Deny {
+                        reason: "never".into(),
+                    },
                 ),
             ],
         }
     }
 
     /// (identity, operation, resources, previously read) -> expected (kind, rule)
-    fn check(identity: &str, op: &str, resources: &[&str], read_before: &[&str], expect: (&str, Option<&str>)) {
+    fn check(
+        identity: &str,
+        op: &str,
+        resources: &[&str],
+        read_before: &[&str],
+        expect: (&str, Option<&str>),
+    ) {
         let policy = demo_policy();
         let now = Timestamp::from_millis(1_000_000);
         let mut history = ReadHistory::default();
         let before: Vec<String> = read_before.iter().map(|s| s.to_string()).collect();
-        history.record(now.minus(Duration::from_secs(10)), Duration::from_secs(60), &before);
+        history.record(
+            now.minus(Duration::from_secs(10)),
+            Duration::from_secs(60),
+            &before,
+        );
         let resources: Vec<String> = resources.iter().map(|s| s.to_string()).collect();
         let req = Request {
             identity,
@@ -557,26 +597,89 @@ mod tests {
 
     #[test]
     fn decisions_table() {
-        check("demo-app", "GetSecretValue", &["demo/db"], &[], ("allow", Some("demo-read")));
-        check("demo-app", "DescribeSecret", &["demo/db"], &[], ("allow", Some("demo-read")));
-        check("demo-app", "GetSecretValue", &["prod/pay"], &[], ("hold", Some("prod-read")));
+        check(
+            "demo-app",
+            "GetSecretValue",
+            &["demo/db"],
+            &[],
+            ("allow", Some("demo-read")),
+        );
+        check(
+            "demo-app",
+            "DescribeSecret",
+            &["demo/db"],
+            &[],
+            ("allow", Some("demo-read")),
+        );
+        check(
+            "demo-app",
+            "GetSecretValue",
+            &["prod/pay"],
+            &[],
+            ("hold", Some("prod-read")),
+        );
         check("other", "GetSecretValue", &["demo/db"], &[], ("deny", None));
-        check("demo-app", "DeleteSecret", &["demo/db"], &[], ("deny", Some("no-delete")));
-        check("demo-app", "PutSecretValue", &["demo/db"], &[], ("deny", None));
+        check(
+            "demo-app",
+            "DeleteSecret",
+            &["demo/db"],
+            &[],
+            ("deny", Some("no-delete")),
+        );
+        check(
+            "demo-app",
+            "PutSecretValue",
+            &["demo/db"],
+            &[],
+            ("deny", None),
+        );
         // A listing names no resource, so resource-scoped rules do not match it.
         check("demo-app", "GetSecretValue", &[], &[], ("deny", None));
         // One resource outside the pattern is enough to fall through.
-        check("demo-app", "BatchGetSecretValue", &["demo/a", "prod/b"], &[], ("deny", None));
-        check("demo-app", "BatchGetSecretValue", &["demo/a", "demo/b"], &[], ("allow", Some("small-batch")));
-        check("demo-app", "BatchGetSecretValue", &["demo/a", "demo/b", "demo/c"], &[], ("hold", Some("big-batch")));
+        check(
+            "demo-app",
+            "BatchGetSecretValue",
+            &["demo/a", "prod/b"],
+            &[],
+            ("deny", None),
+        );
+        check(
+            "demo-app",
+            "BatchGetSecretValue",
+            &["demo/a", "demo/b"],
+            &[],
+            ("allow", Some("small-batch")),
+        );
+        check(
+            "demo-app",
+            "BatchGetSecretValue",
+            &["demo/a", "demo/b", "demo/c"],
+            &[],
+            ("hold", Some("big-batch")),
+        );
         // Volume: the third distinct secret within the window is held.
-        check("demo-app", "GetSecretValue", &["demo/c"], &["demo/a", "demo/b"], ("hold", Some("volume")));
-        check("demo-app", "GetSecretValue", &["demo/a"], &["demo/a", "demo/b"], ("allow", Some("demo-read")));
+        check(
+            "demo-app",
+            "GetSecretValue",
+            &["demo/c"],
+            &["demo/a", "demo/b"],
+            ("hold", Some("volume")),
+        );
+        check(
+            "demo-app",
+            "GetSecretValue",
+            &["demo/a"],
+            &["demo/a", "demo/b"],
+            ("allow", Some("demo-read")),
+        );
     }
 
     #[test]
     fn default_allow_is_possible_but_explicit() {
-        let policy = Policy { default: DefaultAction::Allow, rules: vec![] };
+        let policy = Policy {
+            default: DefaultAction::Allow,
+            rules: vec![],
+        };
         let req = Request {
             identity: "x",
             groups: &[],
@@ -597,7 +700,14 @@ mod tests {
         h.record(t0, keep, &["a".into(), "b".into()]);
         let later = t0.plus(Duration::from_secs(61));
         assert_eq!(h.distinct_within(later, keep, &[]), 0);
-        assert_eq!(h.distinct_within(t0.plus(Duration::from_secs(30)), keep, &["a".into(), "c".into()]), 3);
+        assert_eq!(
+            h.distinct_within(
+                t0.plus(Duration::from_secs(30)),
+                keep,
+                &["a".into(), "c".into()]
+            ),
+            3
+        );
         h.record(later, keep, &["c".into()]);
         assert_eq!(h.reads.len(), 1, "old entries are pruned on record");
     }
@@ -615,8 +725,16 @@ mod tests {
             resources: &resources,
         };
         let lines = policy.explain(&req, &ReadHistory::default(), Timestamp::from_millis(0));
-        assert!(lines[1].contains("demo-read: skipped (resource prod/pay"), "{lines:?}");
+        assert!(
+            lines[1].contains("demo-read: skipped (resource prod/pay"),
+            "{lines:?}"
+        );
         assert!(lines[2].contains("prod-read: MATCHES"), "{lines:?}");
-        assert!(lines.last().is_some_and(|l| l.starts_with("decision: hold")), "{lines:?}");
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.starts_with("decision: hold")),
+            "{lines:?}"
+        );
     }
 }

@@ -47,7 +47,11 @@ pub trait Store: Send + Sync + 'static {
     async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError>;
     async fn request(&self, id: &str) -> Result<Option<HeldRequest>, StoreError>;
     /// Newest first.
-    async fn requests(&self, state: Option<State>, limit: usize) -> Result<Vec<HeldRequest>, StoreError>;
+    async fn requests(
+        &self,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<HeldRequest>, StoreError>;
     /// Audit records with `seq > after`, oldest first.
     async fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
     /// Raw rows for verification, `seq > after`, in stored order.

@@ -43,11 +43,17 @@ impl Timestamp {
     }
 
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     pub fn minus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time left until `later`, zero if it has passed.
@@ -107,6 +113,9 @@ mod tests {
     fn until_is_zero_for_the_past() {
         let t = Timestamp::from_millis(10_000);
         assert_eq!(t.until(Timestamp::from_millis(5_000)), Duration::ZERO);
-        assert_eq!(t.until(t.plus(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(
+            t.until(t.plus(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
     }
 }

@@ -49,7 +49,11 @@ pub trait SecretsUpstream: Send + Sync + 'static {
 impl SecretsUpstream for dev::DevStore {
     async fn call(&self, operation: &str, body: Bytes) -> Result<Bytes, UpstreamError> {
         let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            UpstreamError::Service(ServiceError::new(400, "SerializationException", e.to_string()))
+            UpstreamError::Service(ServiceError::new(
+                400,
+                "SerializationException",
+                e.to_string(),
+            ))
         })?;
         let out = dev::DevStore::call(self, operation, &json, std::time::SystemTime::now())
             .map_err(UpstreamError::Service)?;

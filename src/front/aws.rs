@@ -74,14 +74,33 @@ impl AwsFront {
         let status = response.status().as_u16();
         let level_info = log.outcome != "allowed";
         if level_info {
-            tracing::info!(request_id, identity = log.identity, operation = log.operation, outcome = log.outcome, status, micros = started.elapsed().as_micros() as u64, "aws request");
+            tracing::info!(
+                request_id,
+                identity = log.identity,
+                operation = log.operation,
+                outcome = log.outcome,
+                status,
+                micros = started.elapsed().as_micros() as u64,
+                "aws request"
+            );
         } else {
-            tracing::debug!(request_id, identity = log.identity, operation = log.operation, outcome = log.outcome, status, micros = started.elapsed().as_micros() as u64, "aws request");
+            tracing::debug!(
+                request_id,
+                identity = log.identity,
+                operation = log.operation,
+                outcome = log.outcome,
+                status,
+                micros = started.elapsed().as_micros() as u64,
+                "aws request"
+            );
         }
         with_request_id(response, &request_id)
     }
 
-    async fn serve(&self, req: Request<Incoming>) -> Result<(Response<Body>, LogLine), (ServiceError, LogLine)> {
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Body>, LogLine), (ServiceError, LogLine)> {
         let mut log = LogLine::default();
         let (parts, body) = req.into_parts();
         macro_rules! fail {
@@ -91,12 +110,27 @@ impl AwsFront {
             }};
         }
         if parts.method != http::Method::POST {
-            fail!(400, "UnknownOperationException", "keygate: the AWS front end accepts POST / only");
+            fail!(
+                400,
+                "UnknownOperationException",
+                "keygate: the AWS front end accepts POST / only"
+            );
         }
         let body = match read_body(body, self.max_body_bytes).await {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => fail!(413, "RequestEntityTooLargeException", format!("keygate: request body exceeds {} bytes", self.max_body_bytes)),
-            Err(BodyError::Broken(e)) => fail!(400, "SerializationException", format!("keygate: could not read the request body: {e}")),
+            Err(BodyError::TooLarge) => fail!(
+                413,
+                "RequestEntityTooLargeException",
+                format!(
+                    "keygate: request body exceeds {} bytes",
+                    self.max_body_bytes
+                )
+            ),
+            Err(BodyError::Broken(e)) => fail!(
+                400,
+                "SerializationException",
+                format!("keygate: could not read the request body: {e}")
+            ),
         };
         let identity = match self.authenticate(&parts, &body) {
             Ok(i) => i,
@@ -106,16 +140,35 @@ impl AwsFront {
             }
         };
         log.identity = identity.name.clone();
-        let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-        let Some(operation) = target.strip_prefix(TARGET_PREFIX).filter(|op| ops::classify(op).is_some()) else {
-            fail!(400, "UnknownOperationException", format!("keygate: unknown operation {target:?}"));
+        let target = parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(operation) = target
+            .strip_prefix(TARGET_PREFIX)
+            .filter(|op| ops::classify(op).is_some())
+        else {
+            fail!(
+                400,
+                "UnknownOperationException",
+                format!("keygate: unknown operation {target:?}")
+            );
         };
         log.operation = operation.to_string();
         let class = ops::classify(operation).unwrap_or(crate::policy::OpClass::Other);
         let fields = match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => m,
-            Ok(_) => fail!(400, "SerializationException", "keygate: the request body must be a JSON object"),
-            Err(e) => fail!(400, "SerializationException", format!("keygate: the request body is not valid JSON: {e}")),
+            Ok(_) => fail!(
+                400,
+                "SerializationException",
+                "keygate: the request body must be a JSON object"
+            ),
+            Err(e) => fail!(
+                400,
+                "SerializationException",
+                format!("keygate: the request body is not valid JSON: {e}")
+            ),
         };
         let justification = parts
             .headers
@@ -143,7 +196,14 @@ impl AwsFront {
             Err(e) => {
                 log.outcome = "store-error";
                 tracing::error!(error = %e, "cannot record decision; refusing");
-                return Err((ServiceError::new(500, "InternalServiceError", "keygate: could not record the decision; the request was not executed"), log));
+                return Err((
+                    ServiceError::new(
+                        500,
+                        "InternalServiceError",
+                        "keygate: could not record the decision; the request was not executed",
+                    ),
+                    log,
+                ));
             }
         }
         log.outcome = "allowed";
@@ -156,7 +216,8 @@ impl AwsFront {
         match self.upstream.call(operation, body).await {
             Ok(out) => {
                 if ops::is_cacheable(operation) {
-                    self.cache.insert(operation, cache_key, SecretBytes::new(out.clone()));
+                    self.cache
+                        .insert(operation, cache_key, SecretBytes::new(out.clone()));
                 } else if ops::changes_state(class) {
                     self.cache.invalidate_all();
                 }
@@ -173,19 +234,46 @@ impl AwsFront {
             Err(UpstreamError::Unavailable(detail)) => {
                 log.outcome = "upstream-unavailable";
                 tracing::warn!(upstream = %self.upstream.describe(), %detail, "upstream unavailable");
-                Err((ServiceError::new(503, "ServiceUnavailable", "keygate: the upstream secret store is unavailable; try again"), log))
+                Err((
+                    ServiceError::new(
+                        503,
+                        "ServiceUnavailable",
+                        "keygate: the upstream secret store is unavailable; try again",
+                    ),
+                    log,
+                ))
             }
         }
     }
 
-    fn authenticate(&self, parts: &http::request::Parts, body: &[u8]) -> Result<&Arc<Identity>, ServiceError> {
+    fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<&Arc<Identity>, ServiceError> {
         let Some(header) = parts.headers.get(http::header::AUTHORIZATION) else {
-            return Err(ServiceError::new(403, "MissingAuthenticationTokenException", sigv4::SigError::Missing.to_string()));
+            return Err(ServiceError::new(
+                403,
+                "MissingAuthenticationTokenException",
+                sigv4::SigError::Missing.to_string(),
+            ));
         };
-        let header = header.to_str().map_err(|_| ServiceError::new(400, "IncompleteSignatureException", "Authorization header is not ASCII"))?;
+        let header = header.to_str().map_err(|_| {
+            ServiceError::new(
+                400,
+                "IncompleteSignatureException",
+                "Authorization header is not ASCII",
+            )
+        })?;
         let auth = sigv4::parse_authorization(header).map_err(sig_error)?;
-        let identity = self.keys.get(auth.access_key_id).ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
-        let key = identity.aws.as_ref().ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
+        let identity = self
+            .keys
+            .get(auth.access_key_id)
+            .ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
+        let key = identity
+            .aws
+            .as_ref()
+            .ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
         let req = sigv4::RequestParts {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -193,7 +281,15 @@ impl AwsFront {
             headers: &parts.headers,
             body,
         };
-        sigv4::verify(&auth, &req, key.secret_access_key.expose(), &self.region, "secretsmanager", Timestamp::now()).map_err(sig_error)?;
+        sigv4::verify(
+            &auth,
+            &req,
+            key.secret_access_key.expose(),
+            &self.region,
+            "secretsmanager",
+            Timestamp::now(),
+        )
+        .map_err(sig_error)?;
         Ok(identity)
     }
 }
@@ -211,7 +307,9 @@ fn sig_error(e: sigv4::SigError) -> ServiceError {
         Missing => "MissingAuthenticationTokenException",
         Incomplete(_) => "IncompleteSignatureException",
         UnknownKey => "UnrecognizedClientException",
-        Mismatch | Expired { .. } | Future { .. } | Region(_) | Service => "InvalidSignatureException",
+        Mismatch | Expired { .. } | Future { .. } | Region(_) | Service => {
+            "InvalidSignatureException"
+        }
     };
     let status = if matches!(e, Missing) { 403 } else { 400 };
     ServiceError::new(status, ty, e.to_string())
@@ -230,7 +328,9 @@ fn refusal_label(r: &Refusal) -> &'static str {
 
 fn refusal_error(r: &Refusal) -> ServiceError {
     match r {
-        Refusal::TooManyPending { .. } => ServiceError::new(400, "LimitExceededException", r.message()),
+        Refusal::TooManyPending { .. } => {
+            ServiceError::new(400, "LimitExceededException", r.message())
+        }
         _ => ServiceError::new(400, "AccessDeniedException", r.message()),
     }
 }

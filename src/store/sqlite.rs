@@ -70,12 +70,15 @@ impl SqliteStore {
     /// Open (creating the file and its directory if needed) and start the writer.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let head = chain_head(&conn)?;
         let (tx, rx) = mpsc::channel();
@@ -95,16 +98,20 @@ impl SqliteStore {
         let job = Box::new(move |conn: &Connection| {
             let _ = reply.send(f(conn));
         });
-        self.tx.send(Command::Read(job)).map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Command::Read(job))
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
 fn chain_head(conn: &Connection) -> Result<(u64, String), StoreError> {
     let row = conn
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
         .optional()
         .map_err(db_err)?;
     Ok(match row {
@@ -113,7 +120,12 @@ fn chain_head(conn: &Connection) -> Result<(u64, String), StoreError> {
     })
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, String), path: PathBuf) {
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    mut head: (u64, String),
+    path: PathBuf,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = Vec::new();
         let mut reads = Vec::new();
@@ -155,7 +167,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, Str
 }
 
 /// Apply a group of commits in one transaction; returns the new chain head.
-fn apply(conn: &mut Connection, commits: &[&Commit], head: &(u64, String)) -> Result<(u64, String), StoreError> {
+fn apply(
+    conn: &mut Connection,
+    commits: &[&Commit],
+    head: &(u64, String),
+) -> Result<(u64, String), StoreError> {
     let tx = conn.transaction().map_err(db_err)?;
     let (mut seq, mut prev) = head.clone();
     {
@@ -174,7 +190,8 @@ fn apply(conn: &mut Connection, commits: &[&Commit], head: &(u64, String)) -> Re
             .map_err(db_err)?;
         for c in commits {
             for r in &c.requests {
-                let body = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let body =
+                    serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let live = match r.state {
                     State::Pending => true,
                     State::Approved => r.grant.as_ref().is_some_and(|g| g.uses_left > 0),
@@ -220,7 +237,11 @@ fn decode_request(body: String) -> Result<HeldRequest, StoreError> {
     serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("request row: {e}")))
 }
 
-fn query_requests(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<HeldRequest>, StoreError> {
+fn query_requests(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> Result<Vec<HeldRequest>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(db_err)?;
     let bodies = stmt
         .query_map(p, |r| r.get::<_, String>(0))
@@ -237,18 +258,21 @@ fn query_rows(conn: &Connection, after: u64, limit: usize) -> Result<Vec<StoredR
         )
         .map_err(db_err)?;
     let rows = stmt
-        .query_map(params![i64::try_from(after).unwrap_or(i64::MAX), limit as i64], |r| {
-            Ok(StoredRow {
-                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                at: r.get(1)?,
-                kind: r.get(2)?,
-                code: r.get(3)?,
-                actor: r.get(4)?,
-                body: r.get(5)?,
-                prev_hash: r.get(6)?,
-                hash: r.get(7)?,
-            })
-        })
+        .query_map(
+            params![i64::try_from(after).unwrap_or(i64::MAX), limit as i64],
+            |r| {
+                Ok(StoredRow {
+                    seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    code: r.get(3)?,
+                    actor: r.get(4)?,
+                    body: r.get(5)?,
+                    prev_hash: r.get(6)?,
+                    hash: r.get(7)?,
+                })
+            },
+        )
         .map_err(db_err)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(db_err)?;
@@ -266,8 +290,14 @@ impl Store for SqliteStore {
     }
 
     async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError> {
-        self.read(|c| query_requests(c, "SELECT body FROM requests WHERE live = 1 ORDER BY created_at", []))
-            .await
+        self.read(|c| {
+            query_requests(
+                c,
+                "SELECT body FROM requests WHERE live = 1 ORDER BY created_at",
+                [],
+            )
+        })
+        .await
     }
 
     async fn request(&self, id: &str) -> Result<Option<HeldRequest>, StoreError> {
@@ -278,7 +308,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn requests(&self, state: Option<State>, limit: usize) -> Result<Vec<HeldRequest>, StoreError> {
+    async fn requests(
+        &self,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<HeldRequest>, StoreError> {
         let limit = limit as i64;
         self.read(move |c| match state {
             Some(s) => query_requests(
@@ -320,7 +354,9 @@ impl Store for SqliteStore {
     async fn digest_key(&self) -> Result<[u8; 32], StoreError> {
         self.read(|c| {
             let existing: Option<Vec<u8>> = c
-                .query_row("SELECT value FROM meta WHERE key = 'digest_key'", [], |r| r.get(0))
+                .query_row("SELECT value FROM meta WHERE key = 'digest_key'", [], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(db_err)?;
             if let Some(v) = existing {
@@ -328,15 +364,19 @@ impl Store for SqliteStore {
                     .map_err(|_| StoreError::Corrupt("digest_key has the wrong length".into()));
             }
             let key: [u8; 32] = rand::random();
-            c.execute("INSERT INTO meta (key, value) VALUES ('digest_key', ?1)", [key.to_vec()])
-                .map_err(db_err)?;
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('digest_key', ?1)",
+                [key.to_vec()],
+            )
+            .map_err(db_err)?;
             Ok(key)
         })
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err)).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
     }
 }
 
@@ -362,7 +402,10 @@ mod tests {
             }
         }
         let store = SqliteStore::open(&path).expect("reopen");
-        store.commit(Commit::event(event(99))).await.expect("commit after reopen");
+        store
+            .commit(Commit::event(event(99)))
+            .await
+            .expect("commit after reopen");
         let rows = store.audit_rows(0, 1000).await.expect("rows");
         assert_eq!(rows.len(), 21);
         let mut v = ChainVerifier::default();
@@ -370,7 +413,11 @@ mod tests {
             v.push(r).expect("chain intact across reopen");
         }
         let key1 = store.digest_key().await.expect("key");
-        assert_eq!(store.digest_key().await.expect("key"), key1, "the digest key is stable");
+        assert_eq!(
+            store.digest_key().await.expect("key"),
+            key1,
+            "the digest key is stable"
+        );
     }
 
     async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {

@@ -33,7 +33,11 @@ pub struct AwsUpstream {
 }
 
 impl AwsUpstream {
-    pub async fn new(region: Option<String>, endpoint: Option<String>, timeout: Duration) -> AwsUpstream {
+    pub async fn new(
+        region: Option<String>,
+        endpoint: Option<String>,
+        timeout: Duration,
+    ) -> AwsUpstream {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3).min(timeout))
@@ -48,7 +52,10 @@ impl AwsUpstream {
             loader = loader.endpoint_url(e);
         }
         let sdk = loader.load().await;
-        let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "(none)".into());
+        let region = sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "(none)".into());
         let label = format!(
             "AWS Secrets Manager (region {region}, endpoint {})",
             endpoint
@@ -106,7 +113,10 @@ impl Intercept for RawExchange {
         if let Some(body) = response.body().bytes() {
             let captured = Captured {
                 status: response.status().as_u16(),
-                error_type_header: response.headers().get("x-amzn-errortype").map(str::to_string),
+                error_type_header: response
+                    .headers()
+                    .get("x-amzn-errortype")
+                    .map(str::to_string),
                 body: Bytes::copy_from_slice(body),
             };
             if let Ok(mut slot) = self.reply.lock() {
@@ -174,7 +184,9 @@ impl SecretsUpstream for AwsUpstream {
             Some(c) => Err(UpstreamError::Service(parse_error(&c))),
             // No HTTP answer at all: connection refused, timeout, credentials.
             None => Err(UpstreamError::Unavailable(
-                sdk_result.err().unwrap_or_else(|| "no response captured".into()),
+                sdk_result
+                    .err()
+                    .unwrap_or_else(|| "no response captured".into()),
             )),
         }
     }
@@ -212,7 +224,10 @@ fn parse_error(c: &Captured) -> ServiceError {
         None => ServiceError::new(
             502,
             "InternalServiceError",
-            format!("keygate: the upstream answered HTTP {} with an unreadable body", c.status),
+            format!(
+                "keygate: the upstream answered HTTP {} with an unreadable body",
+                c.status
+            ),
         ),
     }
 }
@@ -228,14 +243,41 @@ mod tests {
             body: Bytes::from(body.to_string()),
         };
         let e = parse_error(&c);
-        assert_eq!((e.status, e.error_type.as_str(), e.message.as_str()), expect);
+        assert_eq!(
+            (e.status, e.error_type.as_str(), e.message.as_str()),
+            expect
+        );
     }
 
     #[test]
     fn upstream_errors_are_read_in_every_shape_aws_uses() {
-        check(400, None, r#"{"__type":"ResourceNotFoundException","message":"nope"}"#, (400, "ResourceNotFoundException", "nope"));
-        check(400, None, r#"{"__type":"com.amazonaws.secretsmanager#InvalidRequestException","Message":"m"}"#, (400, "InvalidRequestException", "m"));
-        check(400, Some("ThrottlingException:http://x"), "{}", (400, "ThrottlingException", ""));
-        check(500, None, "<html>boom</html>", (502, "InternalServiceError", "keygate: the upstream answered HTTP 500 with an unreadable body"));
+        check(
+            400,
+            None,
+            r#"{"__type":"ResourceNotFoundException","message":"nope"}"#,
+            (400, "ResourceNotFoundException", "nope"),
+        );
+        check(
+            400,
+            None,
+            r#"{"__type":"com.amazonaws.secretsmanager#InvalidRequestException","Message":"m"}"#,
+            (400, "InvalidRequestException", "m"),
+        );
+        check(
+            400,
+            Some("ThrottlingException:http://x"),
+            "{}",
+            (400, "ThrottlingException", ""),
+        );
+        check(
+            500,
+            None,
+            "<html>boom</html>",
+            (
+                502,
+                "InternalServiceError",
+                "keygate: the upstream answered HTTP 500 with an unreadable body",
+            ),
+        );
     }
 }

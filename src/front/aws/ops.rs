@@ -124,10 +124,19 @@ mod tests {
     fn resources_come_from_ids_names_and_lists() {
         for (body, expect) in [
             (json!({"SecretId": "demo/db"}), vec!["demo/db"]),
-            (json!({"SecretId": "arn:aws:secretsmanager:us-east-1:1:secret:prod/x-AbCdEf"}), vec!["prod/x-AbCdEf"]),
-            (json!({"Name": "new/one", "SecretString": "v"}), vec!["new/one"]),
+            (
+                json!({"SecretId": "arn:aws:secretsmanager:us-east-1:1:secret:prod/x-AbCdEf"}),
+                vec!["prod/x-AbCdEf"],
+            ),
+            (
+                json!({"Name": "new/one", "SecretString": "v"}),
+                vec!["new/one"],
+            ),
             (json!({"SecretIdList": ["a", "b"]}), vec!["a", "b"]),
-            (json!({"Filters": [{"Key": "name", "Values": ["demo"]}]}), vec![]),
+            (
+                json!({"Filters": [{"Key": "name", "Values": ["demo"]}]}),
+                vec![],
+            ),
         ] {
             assert_eq!(resources(&obj(body.clone())), expect, "{body}");
         }
@@ -135,7 +144,9 @@ mod tests {
 
     #[test]
     fn secret_values_never_reach_parameters() {
-        let p = redacted_parameters(&obj(json!({"SecretId": "x", "SecretString": "hunter2", "ClientRequestToken": "t"})));
+        let p = redacted_parameters(&obj(
+            json!({"SecretId": "x", "SecretString": "hunter2", "ClientRequestToken": "t"}),
+        ));
         assert_eq!(p, json!({"SecretId": "x", "SecretString": "<redacted>"}));
     }
 

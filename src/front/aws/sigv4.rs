@@ -56,9 +56,11 @@ pub struct Authorization<'a> {
 }
 
 pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
-    let rest = value
-        .strip_prefix(ALGORITHM)
-        .ok_or_else(|| SigError::Incomplete(format!("Authorization header requires the {ALGORITHM} algorithm")))?;
+    let rest = value.strip_prefix(ALGORITHM).ok_or_else(|| {
+        SigError::Incomplete(format!(
+            "Authorization header requires the {ALGORITHM} algorithm"
+        ))
+    })?;
     let (mut credential, mut signed, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let part = part.trim();
@@ -90,11 +92,15 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
         )));
     }
     if date.len() != 8 || !date.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SigError::Incomplete(format!("Credential date '{date}' is not YYYYMMDD")));
+        return Err(SigError::Incomplete(format!(
+            "Credential date '{date}' is not YYYYMMDD"
+        )));
     }
     let signed_headers: Vec<&str> = signed.split(';').filter(|h| !h.is_empty()).collect();
     if signed_headers.is_empty() || !signed_headers.contains(&"host") {
-        return Err(SigError::Incomplete("SignedHeaders must include host".into()));
+        return Err(SigError::Incomplete(
+            "SignedHeaders must include host".into(),
+        ));
     }
     Ok(Authorization {
         access_key_id,
@@ -114,14 +120,21 @@ pub fn parse_amz_date(s: &str) -> Option<Timestamp> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
     };
     let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
     let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
     let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
-    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
+        .ok()?;
     let t = date
-        .with_hms(u8::try_from(h).ok()?, u8::try_from(mi).ok()?, u8::try_from(se).ok()?)
+        .with_hms(
+            u8::try_from(h).ok()?,
+            u8::try_from(mi).ok()?,
+            u8::try_from(se).ok()?,
+        )
         .ok()?
         .assume_utc();
     Some(Timestamp::from_millis(t.unix_timestamp() * 1000))
@@ -164,13 +177,16 @@ pub fn verify(
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| SigError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()))?;
-    let stamp = parse_amz_date(amz_date)
-        .ok_or_else(|| SigError::Incomplete(format!("X-Amz-Date '{amz_date}' is not YYYYMMDDTHHMMSSZ")))?;
+    let stamp = parse_amz_date(amz_date).ok_or_else(|| {
+        SigError::Incomplete(format!("X-Amz-Date '{amz_date}' is not YYYYMMDDTHHMMSSZ"))
+    })?;
     let skew = stamp.millis() - now.millis();
     if skew < -MAX_SKEW_SECS * 1000 {
         return Err(SigError::Expired {
             stamp: amz_date.to_string(),
-            earliest: format_amz_date(now.minus(std::time::Duration::from_secs(MAX_SKEW_SECS as u64))),
+            earliest: format_amz_date(
+                now.minus(std::time::Duration::from_secs(MAX_SKEW_SECS as u64)),
+            ),
             now: format_amz_date(now),
         });
     }
@@ -195,7 +211,10 @@ pub fn verify(
         return Err(SigError::Region(auth.region.to_string()));
     }
     let canonical = canonical_request(auth, req)?;
-    let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        auth.date, auth.region, auth.service
+    );
     let string_to_sign = format!(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
@@ -210,7 +229,8 @@ pub fn verify(
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -223,7 +243,7 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8
 }
 
 fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result<String, SigError> {
-    let mut out = String::with_capacity(256 + req.body.len().min(0));
+    let mut out = String::with_capacity(256);
     out.push_str(req.method);
     out.push('\n');
     out.push_str(if req.path.is_empty() { "/" } else { req.path });
@@ -238,7 +258,9 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
             .map(|v| collapse_spaces(&String::from_utf8_lossy(v.as_bytes())))
             .collect();
         if values.is_empty() {
-            return Err(SigError::Incomplete(format!("signed header '{name}' is not present")));
+            return Err(SigError::Incomplete(format!(
+                "signed header '{name}' is not present"
+            )));
         }
         out.push_str(name);
         out.push(':');
@@ -249,7 +271,11 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
     out.push_str(&auth.signed_headers.join(";"));
     out.push('\n');
     let body_hash = hex::encode(Sha256::digest(req.body));
-    if let Some(claimed) = req.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) {
+    if let Some(claimed) = req
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+    {
         if claimed != "UNSIGNED-PAYLOAD" && claimed != body_hash {
             return Err(SigError::Mismatch);
         }
@@ -288,17 +314,32 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("127.0.0.1:8740"));
         headers.insert("x-amz-date", HeaderValue::from_str(date).expect("date"));
-        headers.insert("x-amz-target", HeaderValue::from_static("secretsmanager.GetSecretValue"));
+        headers.insert(
+            "x-amz-target",
+            HeaderValue::from_static("secretsmanager.GetSecretValue"),
+        );
         let auth_template = format!(
             "{ALGORITHM} Credential=AKIDEXAMPLE/{}/us-east-1/secretsmanager/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature=",
             &date[..8]
         );
         let auth = parse_authorization(&auth_template).expect("template parses");
-        let parts = RequestParts { method: "POST", path: "/", query: "", headers: &headers, body: body.as_bytes() };
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: body.as_bytes(),
+        };
         let canonical = canonical_request(&auth, &parts).expect("canonical");
         let scope = format!("{}/us-east-1/secretsmanager/aws4_request", &date[..8]);
-        let sts = format!("{ALGORITHM}\n{date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
-        let sig = hex::encode(hmac(&signing_key(secret, &date[..8], "us-east-1", "secretsmanager"), sts.as_bytes()));
+        let sts = format!(
+            "{ALGORITHM}\n{date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let sig = hex::encode(hmac(
+            &signing_key(secret, &date[..8], "us-east-1", "secretsmanager"),
+            sts.as_bytes(),
+        ));
         (headers, format!("{auth_template}{sig}"))
     }
 
@@ -306,8 +347,16 @@ mod tests {
         let date = "20261124T014000Z";
         let (headers, header) = signed("{\"SecretId\":\"x\"}", date, secret_used);
         let auth = parse_authorization(&header).expect("parses");
-        let parts = RequestParts { method: "POST", path: "/", query: "", headers: &headers, body: body_sent.as_bytes() };
-        let now = Timestamp::from_millis(parse_amz_date(date).expect("date").millis() + now_offset_secs * 1000);
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: body_sent.as_bytes(),
+        };
+        let now = Timestamp::from_millis(
+            parse_amz_date(date).expect("date").millis() + now_offset_secs * 1000,
+        );
         let got = verify(&auth, &parts, SECRET, "us-east-1", "secretsmanager", now);
         match (got, expect) {
             (Ok(()), Ok(())) => {}
@@ -332,7 +381,10 @@ mod tests {
     fn known_answer_from_aws_documentation() {
         // The signing-key example of the SigV4 documentation (IAM, us-east-1, 20120215).
         let key = signing_key(SECRET, "20120215", "us-east-1", "iam");
-        assert_eq!(hex::encode(key), "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d");
+        assert_eq!(
+            hex::encode(key),
+            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+        );
     }
 
     #[test]
@@ -347,7 +399,13 @@ mod tests {
         ] {
             assert!(matches!(parse_authorization(bad), Err(SigError::Incomplete(_))), "{bad}");
         }
-        for bad in ["", "2026-11-24T01:40:00Z", "20261324T014000Z", "20261124T254000Z", "2026112xT014000Z"] {
+        for bad in [
+            "",
+            "2026-11-24T01:40:00Z",
+            "20261324T014000Z",
+            "20261124T254000Z",
+            "2026112xT014000Z",
+        ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
     }
