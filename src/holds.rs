@@ -366,9 +366,11 @@ impl Holds {
         let mut expired = Vec::new();
         let mut forget = Vec::new();
         for (id, entry) in &live.by_id {
-            let mut r = entry.request.clone();
-            if r.expire_if_due(now) {
-                expired.push(r);
+            let r = &entry.request;
+            if r.state == State::Pending && now >= r.expires_at {
+                let mut due = r.clone();
+                due.expire_if_due(now);
+                expired.push(due);
             } else if r.state == State::Denied && now >= r.expires_at
                 || r.state == State::Approved && !r.is_live(now)
             {
@@ -418,5 +420,198 @@ impl Holds {
             .values()
             .filter(|e| e.request.state == State::Pending)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::Subject;
+    use crate::policy::{Front, GrantSpec, OpClass};
+    use crate::store::sqlite::SqliteStore;
+    use std::num::NonZeroU32;
+
+    fn spec() -> HoldSpec {
+        HoldSpec {
+            approver_group: "secops".into(),
+            approvals: NonZeroU32::MIN,
+            hold_window: Duration::from_millis(50),
+            request_ttl: Duration::from_secs(60),
+            approval_ttl: Duration::from_secs(60),
+            grant: GrantSpec::Once,
+        }
+    }
+
+    fn subject(identity: &str, digest: &str) -> Subject {
+        Subject {
+            identity: identity.into(),
+            front: Front::Aws,
+            operation: "GetSecretValue".into(),
+            class: OpClass::Read,
+            resources: vec!["prod/x".into()],
+            parameters: serde_json::json!({"SecretId": "prod/x"}),
+            justification: None,
+            digest: digest.into(),
+        }
+    }
+
+    fn t(secs: u64) -> Timestamp {
+        Timestamp::from_millis(1_000_000).plus(Duration::from_secs(secs))
+    }
+
+    async fn holds(path: &std::path::Path, cap: usize) -> Holds {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path).expect("open"));
+        Holds::load(store, cap, t(0)).await.expect("load")
+    }
+
+    fn waiting(a: Admit) -> (String, watch::Receiver<Outcome>) {
+        match a {
+            Admit::Waiting { id, rx } => (id, rx),
+            other => panic!("expected Waiting, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn identical_requests_merge_and_expiry_reaches_waiters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = holds(&dir.path().join("s.db"), 5).await;
+        let (id1, rx) = waiting(
+            h.admit(subject("app", "d1"), "r", vec![], &spec(), t(0))
+                .await
+                .expect("admit"),
+        );
+        let (id2, _) = waiting(
+            h.admit(subject("app", "d1"), "r", vec![], &spec(), t(1))
+                .await
+                .expect("admit"),
+        );
+        assert_eq!(id1, id2, "identical pending requests merge");
+        assert_eq!(h.sweep(t(59)).await.expect("sweep"), 0);
+        assert_eq!(h.sweep(t(60)).await.expect("sweep"), 1);
+        assert_eq!(*rx.borrow(), Outcome::Expired);
+        let (id3, _) = waiting(
+            h.admit(subject("app", "d1"), "r", vec![], &spec(), t(61))
+                .await
+                .expect("admit"),
+        );
+        assert_ne!(id3, id1, "after expiry the same request asks anew");
+    }
+
+    #[tokio::test]
+    async fn pending_requests_survive_a_restart_and_the_cap_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let id = {
+            let h = holds(&path, 2).await;
+            let (id, _) = waiting(
+                h.admit(subject("app", "a"), "r", vec![], &spec(), t(0))
+                    .await
+                    .expect("admit"),
+            );
+            waiting(
+                h.admit(subject("app", "b"), "r", vec![], &spec(), t(0))
+                    .await
+                    .expect("admit"),
+            );
+            let refused = h
+                .admit(subject("app", "c"), "r", vec![], &spec(), t(0))
+                .await;
+            assert!(
+                matches!(refused, Err(HoldError::TooManyPending { limit: 2, .. })),
+                "{refused:?}"
+            );
+            waiting(
+                h.admit(subject("other", "c"), "r", vec![], &spec(), t(0))
+                    .await
+                    .expect("the cap is per identity"),
+            );
+            id
+        };
+        let h = holds(&path, 2).await;
+        assert_eq!(h.pending_count().await, 3);
+        let groups = vec!["secops".to_string()];
+        let reviewer = Reviewer {
+            name: "alice",
+            groups: &groups,
+        };
+        let r = h
+            .review(
+                &id,
+                reviewer,
+                None,
+                ReviewAction::Approve { comment: None },
+                t(5),
+            )
+            .await
+            .expect("approve after restart");
+        assert_eq!(r.state, State::Approved);
+        match h
+            .admit(subject("app", "a"), "r", vec![], &spec(), t(6))
+            .await
+            .expect("admit")
+        {
+            Admit::Granted { id: used } => assert_eq!(used, id),
+            other => panic!("expected the grant to be used, got {other:?}"),
+        }
+        let again = h
+            .review(
+                &id,
+                reviewer,
+                None,
+                ReviewAction::Deny {
+                    reason: "late".into(),
+                },
+                t(7),
+            )
+            .await;
+        assert!(
+            matches!(
+                again,
+                Err(HoldError::Review(ReviewError::NotPending(State::Approved)))
+            ),
+            "{again:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_denial_answers_retries_until_the_request_would_have_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let h = holds(&dir.path().join("s.db"), 5).await;
+        let (id, _) = waiting(
+            h.admit(subject("app", "d"), "r", vec![], &spec(), t(0))
+                .await
+                .expect("admit"),
+        );
+        let groups = vec!["secops".to_string()];
+        h.review(
+            &id,
+            Reviewer {
+                name: "bob",
+                groups: &groups,
+            },
+            None,
+            ReviewAction::Deny {
+                reason: "no".into(),
+            },
+            t(1),
+        )
+        .await
+        .expect("deny");
+        match h
+            .admit(subject("app", "d"), "r", vec![], &spec(), t(2))
+            .await
+            .expect("admit")
+        {
+            Admit::Denied { id: same, denial } => {
+                assert_eq!((same, denial.by.as_str()), (id, "bob"))
+            }
+            other => panic!("expected the standing denial, got {other:?}"),
+        }
+        h.sweep(t(61)).await.expect("sweep");
+        waiting(
+            h.admit(subject("app", "d"), "r", vec![], &spec(), t(62))
+                .await
+                .expect("asks anew later"),
+        );
     }
 }
