@@ -1,0 +1,705 @@
+"""Helpers for keygate's end-to-end tests.
+
+Real peers (moto as the AWS Secrets Manager upstream, keygate itself) run as
+subprocesses on 127.0.0.1 free ports; the clients are the real ones: boto3,
+the aws CLI, the keygate CLI. Nothing here mocks keygate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from unittest import mock
+
+import boto3
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+REPO = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+HTTP_TIMEOUT = 60  # seconds; no single HTTP call in this suite may take longer
+
+
+# --------------------------------------------------------------------------
+# Test data: identities, approvers, secrets
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    access_key: str
+    secret_key: str
+
+
+DEMO_APP = Identity("demo-app", "AKIAKEYGATEDEMOAPP01", "demo-app-secret-key")
+OTHER_APP = Identity("other-app", "AKIAKEYGATEOTHERAPP1", "other-app-secret-key")
+
+ALICE = "kg-alice-token"  # secops
+BOB = "kg-bob-token"  # secops, owner of demo-app
+CAROL = "kg-carol-token"  # payments: not in the approver group of any rule
+WORKLOAD_TOKEN = "kg-demo-app-token"  # demo-app's vault token: a workload, never an approver
+
+PROD_DB = "prod/payments/db"
+PROD_API = "prod/payments/api-key"
+
+SECRETS = {
+    "demo/db/password": '{"username":"app","password":"s3cr3t"}',
+    "demo/api/key": "demo-api-key-123",
+    PROD_DB: '{"username":"payments","password":"pr0d-pa55"}',
+    PROD_API: "pr0d-api-k3y-789",
+}
+# Substrings of secret values that must never show up outside the data path.
+SECRET_MARKERS = ["s3cr3t", "pr0d-pa55", "demo-api-key-123", "pr0d-api-k3y-789"]
+# The demo secrets a bulk export asks for.
+DEMO_SECRET_IDS = ["demo/db/password", "demo/api/key", PROD_DB]
+
+PENDING_RE = re.compile(r"request ([0-9a-f-]{36}) is awaiting approval")
+
+
+# --------------------------------------------------------------------------
+# Small utilities
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 below the ephemeral range, so that no client
+    connection's local port can take it between now and the server's bind."""
+    low, _high = _ephemeral_range()
+    top = low - 1 if low > 12000 else 65535
+    for _ in range(200):
+        port = random.randint(10000, top)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found on 127.0.0.1")
+
+
+class ProcessExited(AssertionError):
+    """A server process under test exited while we waited for it."""
+
+
+RETRYABLE = (OSError, http.client.HTTPException, ValueError, KeyError)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate until it returns something truthy; return that value.
+    Connection errors and the like count as "not yet"; other exceptions propagate."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except RETRYABLE as exc:
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_exc!r})" if last_exc else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def http_call(
+    url: str,
+    method: str = "GET",
+    path: str = "/",
+    body: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = HTTP_TIMEOUT,
+) -> HttpResponse:
+    """One plain HTTP/1.1 request with exactly the given headers (plus Host)."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        if isinstance(body, str):
+            body = body.encode()
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read().decode("utf-8", errors="replace")
+        return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def require_executable(name: str, install_hint: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} not found on PATH; {install_hint}", pytrace=False)
+    return path
+
+
+PY_TOOLS_HINT = (
+    "install the test tools with `bash scripts/peers.sh venv` and put "
+    "${KEYGATE_VENV:-~/.cache/keygate-venv}/bin first on PATH (scripts/test.sh does both)"
+)
+
+
+def tail(path: Path, max_chars: int = 20000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log file)"
+    return text if len(text) <= max_chars else "...\n" + text[-max_chars:]
+
+
+# --------------------------------------------------------------------------
+# moto: the AWS Secrets Manager upstream
+
+
+class Moto:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "moto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = require_executable("moto_server", PY_TOOLS_HINT)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [exe, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise ProcessExited(f"moto_server exited with {self.proc.returncode}")
+            http_call(self.url, "GET", "/moto-api/", timeout=2)
+            return True
+
+        try:
+            wait_until(answers, timeout=30, what="moto_server to answer")
+        except Exception as exc:
+            self.stop()
+            pytest.fail(f"moto_server did not start: {exc}\n--- moto log ---\n{tail(self.log_path)}", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def reset(self) -> None:
+        resp = http_call(self.url, "POST", "/moto-api/reset")
+        assert resp.status == 200, f"moto reset failed: {resp.status} {resp.text[:200]}"
+
+    def client(self):
+        """A boto3 client talking to moto directly, as keygate itself does."""
+        return boto3.client(
+            "secretsmanager",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def seed(self, secrets: dict[str, str] = SECRETS) -> None:
+        sm = self.client()
+        for name, value in secrets.items():
+            sm.create_secret(Name=name, SecretString=value)
+
+
+# --------------------------------------------------------------------------
+# keygate's test config (structure of config/demo-upstream.toml)
+
+
+def render_config(
+    *,
+    listen: str,
+    admin_listen: str,
+    state: str,
+    hold_window: str = "20s",
+    cache_ttl: str = "30s",
+) -> str:
+    """keygate config for the tests: demo-upstream.toml plus a second identity,
+    an approver outside secops, an owner for demo-app and a write rule."""
+    return f"""\
+# Generated by tests/e2e/harness.py from the structure of config/demo-upstream.toml.
+
+[server]
+listen = "{listen}"
+admin_listen = "{admin_listen}"
+region = "{REGION}"
+state = "{state}"
+
+[upstream]
+kind = "aws"
+region = "{REGION}"
+
+[cache]
+ttl = "{cache_ttl}"
+max_entries = 10000
+
+[gate]
+max_pending_per_identity = 20
+
+[[identities]]
+name = "demo-app"
+groups = ["demo"]
+owner = "bob"
+aws_access_key_id = "{DEMO_APP.access_key}"
+aws_secret_access_key = "{DEMO_APP.secret_key}"
+vault_token = "{WORKLOAD_TOKEN}"
+
+[[identities]]
+name = "other-app"
+groups = ["other"]
+aws_access_key_id = "{OTHER_APP.access_key}"
+aws_secret_access_key = "{OTHER_APP.secret_key}"
+
+[[approvers]]
+name = "alice"
+token = "{ALICE}"
+groups = ["secops"]
+
+[[approvers]]
+name = "bob"
+token = "{BOB}"
+groups = ["secops"]
+
+[[approvers]]
+name = "carol"
+token = "{CAROL}"
+groups = ["payments"]
+
+[policy]
+default = "deny"
+
+[[policy.rules]]
+name = "demo-read"
+identities = ["demo-app"]
+operations = ["GetSecretValue", "DescribeSecret"]
+resources = ["demo/*"]
+action = "allow"
+
+[[policy.rules]]
+name = "demo-list"
+identities = ["demo-app"]
+operations = ["ListSecrets"]
+action = "allow"
+
+[[policy.rules]]
+name = "demo-write"
+identities = ["demo-app"]
+operations = ["PutSecretValue"]
+resources = ["demo/*"]
+action = "allow"
+
+[[policy.rules]]
+name = "prod-read"
+identities = ["demo-app", "other-app"]
+operations = ["GetSecretValue"]
+resources = ["prod/*"]
+action = "hold"
+approvers = "secops"
+approvals = 1
+hold_window = "{hold_window}"
+grant = "once"
+
+[[policy.rules]]
+name = "bulk-export"
+identities = ["demo-app"]
+operations = ["BatchGetSecretValue"]
+action = "hold"
+approvers = "secops"
+approvals = 1
+hold_window = "{hold_window}"
+grant = "once"
+
+[[policy.rules]]
+name = "no-destructive"
+identities = ["demo-app"]
+operations = ["DeleteSecret", "PutResourcePolicy", "DeleteResourcePolicy"]
+action = "deny"
+reason = "deleting secrets and changing resource policies is not allowed through keygate"
+"""
+
+
+# --------------------------------------------------------------------------
+# keygate admin API client
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None = ALICE):
+        self.base_url = base_url
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = ...) -> HttpResponse:
+        token = self.token if token is ... else token
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        return http_call(self.base_url, method, path, body=data, headers=headers)
+
+    def _ok(self, resp: HttpResponse, expect: int = 200) -> Any:
+        assert resp.status == expect, f"admin API: expected {expect}, got {resp.status}: {resp.text[:500]}"
+        return resp.json()
+
+    def requests(self, state: str | None = None) -> list[dict]:
+        path = "/admin/v1/requests" + (f"?state={state}" if state else "")
+        return self._ok(self.call("GET", path))["requests"]
+
+    def request(self, request_id: str) -> dict:
+        return self._ok(self.call("GET", f"/admin/v1/requests/{request_id}"))
+
+    def approve(self, request_id: str, comment: str | None = None) -> dict:
+        body = {"comment": comment} if comment is not None else {}
+        return self._ok(self.call("POST", f"/admin/v1/requests/{request_id}/approve", body))
+
+    def deny(self, request_id: str, reason: str) -> dict:
+        return self._ok(self.call("POST", f"/admin/v1/requests/{request_id}/deny", {"reason": reason}))
+
+    def audit(self, after: int = 0, limit: int = 500) -> list[dict]:
+        """All audit events after `after`, following pages."""
+        events: list[dict] = []
+        while True:
+            page = self._ok(self.call("GET", f"/admin/v1/audit?after={after}&limit={limit}"))["events"]
+            events.extend(page)
+            if len(page) < limit:
+                return events
+            after = page[-1]["seq"]
+
+    def wait_for_pending(
+        self,
+        *,
+        identity: str = DEMO_APP.name,
+        operation: str = "GetSecretValue",
+        resource: str | None = None,
+        timeout: float = 15,
+    ) -> dict:
+        """The pending request matching these fields, once it shows up."""
+
+        def find():
+            matches = [
+                r
+                for r in self.requests("pending")
+                if r["identity"] == identity
+                and r["operation"] == operation
+                and (resource is None or resource in r["resources"])
+            ]
+            assert len(matches) <= 1, f"more than one matching pending request: {matches}"
+            return matches[0] if matches else None
+
+        return wait_until(find, timeout, interval=0.1, what=f"a pending {operation} request by {identity}")
+
+
+def error_of(resp: HttpResponse) -> dict:
+    """The {"code", "message"} of an admin API error response."""
+    body = resp.json()
+    assert set(body) == {"error"}, f"admin error body should be {{'error': ...}}: {body}"
+    assert body["error"]["code"] and body["error"]["message"], body
+    return body["error"]
+
+
+# --------------------------------------------------------------------------
+# keygate process
+
+
+class KeygateDied(ProcessExited):
+    pass
+
+
+class Keygate:
+    """One keygate server: config, state and log in its own directory."""
+
+    def __init__(self, binary: Path, workdir: Path, upstream_url: str, **config_opts: str):
+        self.binary = binary
+        self.workdir = workdir
+        self.upstream_url = upstream_url
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.listen_port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.state_path = workdir / "keygate.db"
+        self.config_path = workdir / "keygate.toml"
+        # empty AWS config/credentials files: nothing from the developer's ~/.aws leaks in
+        self.aws_config = workdir / "aws-config"
+        self.aws_credentials = workdir / "aws-credentials"
+        self.aws_config.touch()
+        self.aws_credentials.touch()
+        self.log_path = workdir / "keygate.log"
+        self.config_path.write_text(
+            render_config(
+                listen=f"127.0.0.1:{self.listen_port}",
+                admin_listen=f"127.0.0.1:{self.admin_port}",
+                state=str(self.state_path),
+                **config_opts,
+            )
+        )
+        self.proc: subprocess.Popen | None = None
+        self.admin = AdminClient(self.admin_url, ALICE)
+
+    # -- lifecycle
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT_URL_SECRETS_MANAGER=self.upstream_url,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_REGION=REGION,
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE=str(self.aws_config),
+            AWS_SHARED_CREDENTIALS_FILE=str(self.aws_credentials),
+        )
+        env.setdefault("RUST_LOG", "info,keygate=debug")
+        env.setdefault("RUST_BACKTRACE", "1")
+        return env
+
+    def start(self, timeout: float = 30) -> "Keygate":
+        assert self.proc is None or self.proc.poll() is not None, "keygate already running"
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- test harness: starting keygate at {time.strftime('%H:%M:%S')} ---\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [str(self.binary), "serve", "--config", str(self.config_path)],
+                cwd=self.workdir,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise KeygateDied(f"keygate exited with {self.proc.returncode}")
+            return http_call(self.admin_url, "GET", "/readyz", timeout=2).status == 200
+
+        try:
+            wait_until(ready, timeout, what="keygate /readyz == 200")
+        except Exception as exc:
+            self.stop()
+            raise KeygateDied(f"keygate did not become ready: {exc}\n--- keygate log ---\n{self.log()}") from None
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown hooks, no flushing; state must already be durable."""
+        assert self.running, "keygate is not running"
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.running:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return tail(self.log_path)
+
+    # -- clients
+
+    def client(self, identity: Identity = DEMO_APP, secret_key: str | None = None, access_key: str | None = None):
+        """A boto3 Secrets Manager client pointed at keygate's workload listener."""
+        return boto3.client(
+            "secretsmanager",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=access_key or identity.access_key,
+            aws_secret_access_key=secret_key or identity.secret_key,
+            config=Config(retries={"max_attempts": 1}, read_timeout=60, connect_timeout=5),
+        )
+
+    def aws_cli(self, *args: str, identity: Identity = DEMO_APP) -> subprocess.CompletedProcess:
+        aws = require_executable("aws", PY_TOOLS_HINT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ACCESS_KEY_ID=identity.access_key,
+            AWS_SECRET_ACCESS_KEY=identity.secret_key,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_CONFIG_FILE=str(self.aws_config),
+            AWS_SHARED_CREDENTIALS_FILE=str(self.aws_credentials),
+            AWS_MAX_ATTEMPTS="1",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        return subprocess.run(
+            [aws, "--endpoint-url", self.endpoint, "--output", "json", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def cli(self, *args: str, token: str | None = ALICE, use_env: bool = True) -> subprocess.CompletedProcess:
+        """The keygate CLI against this server's admin API.
+
+        use_env=True passes the address and token as KEYGATE_ADMIN_ADDR /
+        KEYGATE_ADMIN_TOKEN; False passes --admin-addr / --token after the args.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_ADMIN_")}
+        argv = [str(self.binary), *args]
+        if use_env:
+            env["KEYGATE_ADMIN_ADDR"] = self.admin_url
+            if token is not None:
+                env["KEYGATE_ADMIN_TOKEN"] = token
+        else:
+            argv += ["--admin-addr", self.admin_url]
+            if token is not None:
+                argv += ["--token", token]
+        return run(argv, env=env)
+
+    def raw(self, operation: str, body: bytes | str = "{}", **kw) -> HttpResponse:
+        return raw_aws_call(self.endpoint, operation, body, **kw)
+
+
+def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", 60)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run([str(a) for a in argv], **kw)
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+# --------------------------------------------------------------------------
+# AWS wire helpers
+
+
+def raw_aws_call(
+    endpoint: str,
+    operation: str,
+    body: bytes | str = "{}",
+    *,
+    identity: Identity = DEMO_APP,
+    sign: bool = True,
+    signed_at: datetime.datetime | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    """POST one Secrets Manager JSON request, SigV4-signed with botocore's
+    signer (optionally as if at `signed_at`), with exactly these headers."""
+    if isinstance(body, str):
+        body = body.encode()
+    request = AWSRequest(
+        method="POST",
+        url=endpoint.rstrip("/") + "/",
+        data=body,
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"secretsmanager.{operation}",
+        },
+    )
+    if sign:
+        signer = SigV4Auth(Credentials(identity.access_key, identity.secret_key), "secretsmanager", REGION)
+        if signed_at is None:
+            signer.add_auth(request)
+        else:
+            with mock.patch("botocore.auth.get_current_datetime", return_value=signed_at):
+                signer.add_auth(request)
+    all_headers = dict(request.headers.items())
+    all_headers.update(headers or {})
+    return http_call(endpoint, "POST", "/", body=body, headers=all_headers)
+
+
+def assert_aws_error(resp: HttpResponse, error_type: str, status: int = 400, message_contains: str | None = None) -> str:
+    """Check keygate's answer is an AWS JSON-protocol error; return its message."""
+    assert resp.status == status, f"expected HTTP {status} {error_type}, got {resp.status}: {resp.text[:500]}"
+    header = resp.headers.get("x-amzn-errortype", "")
+    assert header.split(":")[0] == error_type, f"X-Amzn-ErrorType is {header!r}, expected {error_type}"
+    try:
+        body = resp.json()
+    except ValueError:
+        raise AssertionError(f"error body is not JSON: {resp.text[:500]!r}") from None
+    assert body.get("__type", "").split("#")[-1] == error_type, f"__type mismatch: {body}"
+    message = body.get("message") or body.get("Message") or ""
+    assert message, f"error without a message: {body}"
+    if message_contains is not None:
+        assert message_contains in message, f"{message_contains!r} not in {message!r}"
+    return message
+
+
+def client_error(call: Callable[[], Any]) -> tuple[str, str, int]:
+    """Run a boto3 call that must fail; return (code, message, http status)."""
+    try:
+        result = call()
+    except ClientError as exc:
+        err = exc.response["Error"]
+        return err.get("Code", ""), err.get("Message", ""), exc.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"expected an error, got a result: {redact(result)}")
+
+
+def expect_held(call: Callable[[], Any]) -> str:
+    """Run a call that must time out waiting for approval; return the request id."""
+    code, message, status = client_error(call)
+    assert (code, status) == ("AccessDeniedException", 400), f"expected a held request, got {code} {status}: {message}"
+    match = PENDING_RE.search(message)
+    assert match, f"no 'request <id> is awaiting approval' in {message!r}"
+    request_id = match.group(1)
+    uuid.UUID(request_id)
+    return request_id
+
+
+def redact(value: Any) -> str:
+    text = repr(value)
+    for marker in SECRET_MARKERS:
+        text = text.replace(marker, "<secret>")
+    return text[:500]
+
+
+def strip_metadata(resp: dict) -> dict:
+    return {k: v for k, v in resp.items() if k != "ResponseMetadata"}

@@ -1,0 +1,64 @@
+"""State survives kill -9: pending requests, approvals, grants, the audit chain."""
+
+from __future__ import annotations
+
+from harness import PROD_DB, SECRETS, describe, expect_held, run
+
+
+def test_pending_request_survives_kill9_and_can_be_approved_after_restart(quick_keygate):
+    kg = quick_keygate
+    request_id = expect_held(lambda: kg.client().get_secret_value(SecretId=PROD_DB))
+
+    kg.kill9()
+    kg.start()
+
+    assert [r["id"] for r in kg.admin.requests("pending")] == [request_id]
+    assert kg.admin.approve(request_id)["state"] == "approved"
+    assert kg.client().get_secret_value(SecretId=PROD_DB)["SecretString"] == SECRETS[PROD_DB]
+
+
+def test_identical_request_after_restart_merges_into_surviving_pending_request(quick_keygate):
+    kg = quick_keygate
+    request_id = expect_held(lambda: kg.client().get_secret_value(SecretId=PROD_DB))
+
+    kg.kill9()
+    kg.start()
+
+    assert expect_held(lambda: kg.client().get_secret_value(SecretId=PROD_DB)) == request_id
+
+
+def test_approval_and_grant_survive_kill9_before_the_retry(quick_keygate):
+    kg = quick_keygate
+    request_id = expect_held(lambda: kg.client().get_secret_value(SecretId=PROD_DB))
+    kg.admin.approve(request_id, comment="approved before the crash")
+
+    kg.kill9()
+    kg.start()
+
+    view = kg.admin.request(request_id)
+    assert view["state"] == "approved"
+    assert view["approvals"][0]["comment"] == "approved before the crash"
+    assert kg.client().get_secret_value(SecretId=PROD_DB)["SecretString"] == SECRETS[PROD_DB]
+    # the grant was "once": used up now
+    assert expect_held(lambda: kg.client().get_secret_value(SecretId=PROD_DB)) != request_id
+
+
+def test_audit_survives_kill9_and_verifies_after_restart(quick_keygate):
+    kg = quick_keygate
+    kg.client().get_secret_value(SecretId="demo/db/password")
+    request_id = expect_held(lambda: kg.client().get_secret_value(SecretId=PROD_DB))
+    kg.admin.approve(request_id)
+    before = kg.admin.audit()
+
+    kg.kill9()
+    kg.start()
+
+    after = kg.admin.audit()
+    assert after[: len(before)] == before
+    kinds = {e["kind"] for e in after if e["request_id"] == request_id}
+    assert {"request.held", "request.approved"} <= kinds, kinds
+    # new events extend the surviving chain
+    kg.client().get_secret_value(SecretId="demo/api/key")
+    verify = run([kg.binary, "audit", "verify", "--config", kg.config_path], cwd=kg.workdir)
+    assert verify.returncode == 0, describe(verify)
+    assert "audit log OK" in verify.stdout + verify.stderr, describe(verify)
