@@ -14,11 +14,14 @@ use crate::admin::Admin;
 use crate::broker::Broker;
 use crate::cache::ReadCache;
 use crate::config::{Config, UpstreamConfig};
-use crate::front::{self, aws::AwsFront};
+use crate::front::{self, aws::AwsFront, vault::VaultFront};
 use crate::holds::Holds;
 use crate::store::{sqlite::SqliteStore, Store, StoreError};
 use crate::timestamp::Timestamp;
-use crate::upstream::{aws::AwsUpstream, dev::DevStore, SecretsUpstream};
+use crate::upstream::vault::{DevVault, RemoteVault, VaultBackend};
+use crate::upstream::{
+    aws::AwsUpstream, dev::DevStore, dev_kv::DevKv, SecretsUpstream, UpstreamError,
+};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -31,12 +34,45 @@ pub enum AppError {
         #[source]
         source: StoreError,
     },
+    #[error("Vault upstream: {0}")]
+    Vault(#[source] UpstreamError),
 }
 
 pub struct App {
     aws: AwsFront,
+    vault: VaultFront,
     admin: Admin,
     broker: Arc<Broker>,
+}
+
+/// Where the Vault front end sends requests: `[upstream.vault]`, else the dev
+/// store when the upstream is the dev store, else nowhere (the front answers 404).
+async fn vault_backend(config: &Config) -> Result<Option<Arc<dyn VaultBackend>>, AppError> {
+    if let Some(remote) = &config.vault.upstream {
+        let v = RemoteVault::connect(remote)
+            .await
+            .map_err(AppError::Vault)?;
+        return Ok(Some(Arc::new(v)));
+    }
+    if !matches!(config.upstream, UpstreamConfig::Dev) {
+        return Ok(None);
+    }
+    let now = std::time::SystemTime::now();
+    let mounts = config
+        .vault
+        .kv2_mounts
+        .iter()
+        .map(|m| {
+            let seeds: Vec<_> = config
+                .dev_kv
+                .iter()
+                .filter(|s| &s.mount == m)
+                .map(|s| (s.path.clone(), s.data.clone()))
+                .collect();
+            DevKv::new(m, &seeds, now)
+        })
+        .collect();
+    Ok(Some(Arc::new(DevVault::new(mounts))))
 }
 
 impl App {
@@ -95,8 +131,25 @@ impl App {
             ReadCache::new(config.cache.ttl, config.cache.max_entries),
             config.server.max_body_bytes,
         );
+        let vault_backend = vault_backend(config).await?;
+        if let Some(b) = &vault_backend {
+            tracing::info!(upstream = %b.describe(), "Vault front end enabled");
+        }
+        let vault = VaultFront::new(
+            config.vault.clone(),
+            &identities,
+            broker.clone(),
+            vault_backend,
+            ReadCache::new(config.cache.ttl, config.cache.max_entries),
+            config.server.max_body_bytes,
+        );
         let admin = Admin::new(config, broker.clone(), store);
-        Ok(App { aws, admin, broker })
+        Ok(App {
+            aws,
+            vault,
+            admin,
+            broker,
+        })
     }
 
     /// Serve both listeners until `shutdown` resolves.
@@ -131,7 +184,7 @@ impl App {
             workload,
             move |req| {
                 let app = workload_app.clone();
-                async move { front::route(&app.aws, req).await }
+                async move { front::route(&app.aws, &app.vault, req).await }
             },
             stop_rx.clone(),
             SHUTDOWN_GRACE,

@@ -36,6 +36,8 @@ pub struct AccessRequest {
     /// Canonical bytes of every parameter that binds an approval.
     pub digest_material: Vec<u8>,
     pub justification: Option<String>,
+    /// What a certificate or token request asks for (empty otherwise).
+    pub facts: policy::Facts,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -180,6 +182,7 @@ impl Broker {
                 operation: &req.operation,
                 class: req.class,
                 resources: &req.resources,
+                facts: &req.facts,
             };
             let histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
             let empty = ReadHistory::default();

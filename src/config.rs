@@ -16,6 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::front::aws::ops as aws_ops;
+use crate::front::vault::ops as vault_ops;
 use crate::glob::Glob;
 use crate::policy::{
     Action, Conditions, DefaultAction, Front, GrantSpec, HoldSpec, OpClass, Policy, Rule,
@@ -58,7 +59,46 @@ pub struct Config {
     pub identities: Vec<Identity>,
     pub approvers: Vec<Approver>,
     pub dev_secrets: Vec<(String, SecretString)>,
+    /// KV v2 seeds for the dev store's Vault side: (mount, path in mount, data).
+    pub dev_kv: Vec<DevKvSeed>,
+    pub vault: VaultConfig,
     pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub struct DevKvSeed {
+    pub mount: String,
+    pub path: String,
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The Vault front end: how paths map to engines, and pass-through mode.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    pub kv2_mounts: Vec<String>,
+    pub kv1_mounts: Vec<String>,
+    pub pki_mounts: Vec<Glob>,
+    pub passthrough: bool,
+    pub passthrough_cache_ttl: Duration,
+    /// Where Vault requests go. `None`: the dev store (when `upstream.kind = "dev"`).
+    pub upstream: Option<VaultUpstreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultUpstreamConfig {
+    pub address: String,
+    pub auth: VaultAuth,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum VaultAuth {
+    Token(SecretString),
+    AppRole {
+        mount: String,
+        role_id: SecretString,
+        secret_id: SecretString,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +214,8 @@ struct RawConfig {
     #[serde(default)]
     dev_store: RawDevStore,
     #[serde(default)]
+    vault: RawVault,
+    #[serde(default)]
     policy: RawPolicy,
 }
 
@@ -212,6 +254,28 @@ struct RawUpstream {
     region: Option<String>,
     endpoint: Option<String>,
     timeout: Option<String>,
+    vault: Option<RawVaultUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultUpstream {
+    address: String,
+    token: Option<String>,
+    approle_mount: Option<String>,
+    approle_role_id: Option<String>,
+    approle_secret_id: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    kv2_mounts: Option<Vec<String>>,
+    kv1_mounts: Option<Vec<String>>,
+    pki_mounts: Option<Vec<String>>,
+    passthrough: Option<bool>,
+    passthrough_cache_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +318,15 @@ struct RawApprover {
 struct RawDevStore {
     #[serde(default)]
     secrets: Vec<RawDevSecret>,
+    #[serde(default)]
+    kv: Vec<RawDevKv>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevKv {
+    path: String,
+    data: toml::Table,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +377,12 @@ struct RawRule {
     min_batch: Option<u32>,
     min_distinct_reads: Option<u32>,
     reads_within: Option<String>,
+    max_ttl: Option<String>,
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default)]
+    allow_wildcard_names: bool,
+    token_policies: Option<Vec<String>>,
     action: String,
     reason: Option<String>,
     approvers: Option<String>,
@@ -427,6 +506,13 @@ impl RawConfig {
         let approvers = validate_approvers(self.approvers)?;
         let identities = validate_identities(self.identities, &approvers)?;
         let dev_secrets = validate_dev_secrets(self.dev_store.secrets, &upstream)?;
+        let vault_upstream = self
+            .upstream
+            .vault
+            .map(validate_vault_upstream)
+            .transpose()?;
+        let vault = validate_vault(self.vault, vault_upstream)?;
+        let dev_kv = validate_dev_kv(self.dev_store.kv, &vault, &upstream)?;
         let policy = validate_policy(self.policy, &approvers)?;
         Ok(Config {
             server,
@@ -437,6 +523,8 @@ impl RawConfig {
             identities,
             approvers,
             dev_secrets,
+            dev_kv,
+            vault,
             policy,
         })
     }
@@ -522,6 +610,12 @@ fn validate_identities(
             return Err(invalid(
                 format!("{key}.name"),
                 format!("{name:?} is listed twice"),
+            ));
+        }
+        if name.starts_with("vault:") {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("{name:?}: names starting with \"vault:\" are reserved for pass-through Vault tokens"),
             ));
         }
         // A workload can never act as an approver: keep the namespaces apart.
@@ -629,6 +723,129 @@ fn validate_dev_secrets(
         .collect()
 }
 
+fn validate_vault_upstream(raw: RawVaultUpstream) -> Result<VaultUpstreamConfig, ConfigError> {
+    let address = resolve_secret("upstream.vault.address", &raw.address)?
+        .expose()
+        .trim_end_matches('/')
+        .to_string();
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        return Err(invalid(
+            "upstream.vault.address",
+            format!("{address:?} must start with http:// or https://"),
+        ));
+    }
+    let auth = match (raw.token, raw.approle_role_id, raw.approle_secret_id) {
+        (Some(t), None, None) => VaultAuth::Token(resolve_secret("upstream.vault.token", &t)?),
+        (None, Some(role), Some(secret)) => VaultAuth::AppRole {
+            mount: raw.approle_mount.unwrap_or_else(|| "approle".to_string()),
+            role_id: resolve_secret("upstream.vault.approle_role_id", &role)?,
+            secret_id: resolve_secret("upstream.vault.approle_secret_id", &secret)?,
+        },
+        _ => {
+            return Err(invalid(
+                "upstream.vault",
+                "give either `token`, or `approle_role_id` and `approle_secret_id`",
+            ))
+        }
+    };
+    Ok(VaultUpstreamConfig {
+        address,
+        auth,
+        timeout: match &raw.timeout {
+            Some(t) => duration("upstream.vault.timeout", t)?,
+            None => Duration::from_secs(10),
+        },
+    })
+}
+
+fn validate_vault(
+    raw: RawVault,
+    upstream: Option<VaultUpstreamConfig>,
+) -> Result<VaultConfig, ConfigError> {
+    let mounts =
+        |key: &str, v: Option<Vec<String>>, default: &[&str]| -> Result<Vec<String>, ConfigError> {
+            let list = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            for m in &list {
+                let trimmed = m.trim_matches('/');
+                if trimmed.is_empty() || trimmed != m {
+                    return Err(invalid(
+                        format!("vault.{key}"),
+                        format!("{m:?} must be a mount path without leading or trailing slashes"),
+                    ));
+                }
+            }
+            Ok(list)
+        };
+    let passthrough = raw.passthrough.unwrap_or(false);
+    if passthrough && upstream.is_none() {
+        return Err(invalid(
+            "vault.passthrough",
+            "pass-through needs a real Vault: configure [upstream.vault]",
+        ));
+    }
+    Ok(VaultConfig {
+        kv2_mounts: mounts("kv2_mounts", raw.kv2_mounts, &["secret"])?,
+        kv1_mounts: mounts("kv1_mounts", raw.kv1_mounts, &[])?,
+        pki_mounts: mounts("pki_mounts", raw.pki_mounts, &["pki*"])?
+            .iter()
+            .map(|m| Glob::new(m))
+            .collect(),
+        passthrough,
+        passthrough_cache_ttl: match &raw.passthrough_cache_ttl {
+            Some(t) => duration("vault.passthrough_cache_ttl", t)?,
+            None => Duration::from_secs(30),
+        },
+        upstream,
+    })
+}
+
+fn validate_dev_kv(
+    raw: Vec<RawDevKv>,
+    vault: &VaultConfig,
+    upstream: &UpstreamConfig,
+) -> Result<Vec<DevKvSeed>, ConfigError> {
+    if !raw.is_empty() && (vault.upstream.is_some() || !matches!(upstream, UpstreamConfig::Dev)) {
+        return Err(invalid(
+            "dev_store.kv",
+            "only used when the Vault front uses the dev store (upstream.kind = \"dev\" and no [upstream.vault])",
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = format!("dev_store.kv[{i}].path");
+            let mount = vault
+                .kv2_mounts
+                .iter()
+                .filter(|m| s.path.starts_with(&format!("{m}/")))
+                .max_by_key(|m| m.len())
+                .ok_or_else(|| {
+                    invalid(
+                        &key,
+                        format!(
+                            "{:?} is not under a KV v2 mount ({})",
+                            s.path,
+                            vault.kv2_mounts.join(", ")
+                        ),
+                    )
+                })?;
+            let path = s.path[mount.len() + 1..].trim_matches('/').to_string();
+            if path.is_empty() {
+                return Err(invalid(&key, "names a mount, not a secret"));
+            }
+            let data = serde_json::to_value(&s.data)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .ok_or_else(|| invalid(format!("dev_store.kv[{i}].data"), "must be a table"))?;
+            Ok(DevKvSeed {
+                mount: mount.clone(),
+                path,
+                data,
+            })
+        })
+        .collect()
+}
+
 fn validate_policy(raw: RawPolicy, approvers: &[Approver]) -> Result<Policy, ConfigError> {
     let default = match raw.default.as_str() {
         "deny" => DefaultAction::Deny,
@@ -681,12 +898,13 @@ fn validate_rule(
         })
         .collect::<Result<Vec<_>, _>>()?;
     for op in &r.operations {
-        if aws_ops::classify(op).is_none() {
+        if aws_ops::classify(op).is_none() && !vault_ops::is_operation(op) {
             return Err(invalid(
                 format!("{key}.operations"),
                 format!(
-                    "{op:?} is not a known operation; allowed: {}",
-                    aws_ops::names().collect::<Vec<_>>().join(", ")
+                    "{op:?} is not a known operation; AWS: {}; Vault: {}",
+                    aws_ops::names().collect::<Vec<_>>().join(", "),
+                    vault_ops::OPERATIONS.join(", ")
                 ),
             ));
         }
@@ -776,6 +994,14 @@ fn validate_rule(
         conditions: Conditions {
             min_batch: r.min_batch,
             distinct_reads,
+            max_ttl: r
+                .max_ttl
+                .as_deref()
+                .map(|t| duration(&format!("{key}.max_ttl"), t))
+                .transpose()?,
+            names: r.names.clone(),
+            allow_wildcard_names: r.allow_wildcard_names,
+            token_policies: r.token_policies.clone(),
         },
         action,
     })
@@ -903,6 +1129,9 @@ aws_secret_access_key = "s"
 
     #[test]
     fn shipped_configs_are_valid() {
+        // demo-upstream.toml reads these; the values only need to be well-formed.
+        std::env::set_var("VAULT_ADDR", "http://127.0.0.1:8200");
+        std::env::set_var("VAULT_TOKEN", "root");
         for f in ["config/demo.toml", "config/demo-upstream.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));

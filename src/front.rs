@@ -3,6 +3,7 @@
 //! end whose protocol it speaks.
 
 pub mod aws;
+pub mod vault;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,17 +32,15 @@ pub enum BodyError {
     Broken(String),
 }
 
-/// The workload listener: Vault paths (`/v1/...`) are not served yet;
+/// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;
 /// everything else is the AWS Secrets Manager JSON protocol.
-pub async fn route(aws: &aws::AwsFront, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(
+    aws: &aws::AwsFront,
+    vault: &vault::VaultFront,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.uri().path().starts_with("/v1/") {
-        let body =
-            r#"{"errors":["keygate: the Vault API front end is not enabled on this listener"]}"#;
-        return Response::builder()
-            .status(404)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .unwrap_or_default();
+        return vault.handle(req).await;
     }
     aws.handle(req).await
 }

@@ -276,6 +276,7 @@ fn check(path: &Path, explain: &ExplainArgs) -> ExitCode {
         operation,
         class,
         resources: &explain.resources,
+        facts: &keygate::policy::Facts::NONE,
     };
     for line in config
         .policy

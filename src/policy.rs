@@ -42,6 +42,8 @@ pub enum OpClass {
     Describe,
     List,
     Bulk,
+    /// Minting something new: a certificate, a token.
+    Issue,
     Write,
     Delete,
     Privilege,
@@ -49,11 +51,12 @@ pub enum OpClass {
 }
 
 impl OpClass {
-    pub const ALL: [OpClass; 8] = [
+    pub const ALL: [OpClass; 9] = [
         OpClass::Read,
         OpClass::Describe,
         OpClass::List,
         OpClass::Bulk,
+        OpClass::Issue,
         OpClass::Write,
         OpClass::Delete,
         OpClass::Privilege,
@@ -66,6 +69,7 @@ impl OpClass {
             OpClass::Describe => "describe",
             OpClass::List => "list",
             OpClass::Bulk => "bulk",
+            OpClass::Issue => "issue",
             OpClass::Write => "write",
             OpClass::Delete => "delete",
             OpClass::Privilege => "privilege",
@@ -116,6 +120,15 @@ pub struct Conditions {
     /// Matches when the identity, counting this request, has read at least
     /// `count` distinct secrets within `window`: bulk export by volume.
     pub distinct_reads: Option<VolumeCondition>,
+    /// Matches when the requested TTL, if any, is at most this.
+    pub max_ttl: Option<Duration>,
+    /// Matches when every requested name (certificate CN and SANs) matches
+    /// one of these; `{identity}` stands for the requester's name.
+    pub names: Vec<String>,
+    /// Whether a wildcard name may satisfy `names`.
+    pub allow_wildcard_names: bool,
+    /// Matches when every requested token policy is in this set.
+    pub token_policies: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +206,26 @@ pub struct Request<'a> {
     pub operation: &'a str,
     pub class: OpClass,
     pub resources: &'a [String],
+    pub facts: &'a Facts,
+}
+
+/// What a certificate or token request asks for, extracted by the front end
+/// so that rules can tell an ordinary fetch from an exceptional one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub ttl: Option<Duration>,
+    pub names: Vec<String>,
+    /// `None`: not a token request. `Some(empty)`: a token request naming no
+    /// policies, which would inherit keygate's own.
+    pub token_policies: Option<Vec<String>>,
+}
+
+impl Facts {
+    pub const NONE: Facts = Facts {
+        ttl: None,
+        names: Vec::new(),
+        token_policies: None,
+    };
 }
 
 /// The decision, borrowing the rule that made it.
@@ -233,6 +266,13 @@ pub enum Mismatch<'a> {
     Resource(&'a str),
     BatchTooSmall { size: usize, min: u32 },
     VolumeBelow { distinct: usize, count: u32 },
+    TtlTooLong { ttl: Duration, max: Duration },
+    NoNames,
+    Wildcard(&'a str),
+    Name(&'a str),
+    NotTokenRequest,
+    InheritedPolicies,
+    TokenPolicy(&'a str),
 }
 
 impl fmt::Display for Mismatch<'_> {
@@ -254,6 +294,20 @@ impl fmt::Display for Mismatch<'_> {
                 f,
                 "{distinct} distinct secrets read in the window, below {count}"
             ),
+            Mismatch::TtlTooLong { ttl, max } => write!(
+                f,
+                "requested ttl {} exceeds max_ttl {}",
+                humantime::format_duration(*ttl),
+                humantime::format_duration(*max)
+            ),
+            Mismatch::NoNames => f.write_str("request names no certificate name"),
+            Mismatch::Wildcard(n) => write!(f, "wildcard name {n} (allow_wildcard_names is off)"),
+            Mismatch::Name(n) => write!(f, "name {n} matches none of the rule's names"),
+            Mismatch::NotTokenRequest => f.write_str("not a token request"),
+            Mismatch::InheritedPolicies => {
+                f.write_str("token request names no policies (it would inherit keygate's)")
+            }
+            Mismatch::TokenPolicy(p) => write!(f, "token policy {p} is outside the allowed set"),
         }
     }
 }
@@ -377,6 +431,44 @@ impl Rule {
                 });
             }
         }
+        self.facts_mismatch(req)
+    }
+
+    fn facts_mismatch<'a>(&self, req: &Request<'a>) -> Option<Mismatch<'a>> {
+        let c = &self.conditions;
+        if let (Some(max), Some(ttl)) = (c.max_ttl, req.facts.ttl) {
+            if ttl > max {
+                return Some(Mismatch::TtlTooLong { ttl, max });
+            }
+        }
+        if !c.names.is_empty() {
+            if req.facts.names.is_empty() {
+                return Some(Mismatch::NoNames);
+            }
+            for name in &req.facts.names {
+                if name.contains('*') && !c.allow_wildcard_names {
+                    return Some(Mismatch::Wildcard(name));
+                }
+                let allowed = c
+                    .names
+                    .iter()
+                    .any(|p| Glob::new(&p.replace("{identity}", req.identity)).matches(name));
+                if !allowed {
+                    return Some(Mismatch::Name(name));
+                }
+            }
+        }
+        if let Some(allowed) = &c.token_policies {
+            match &req.facts.token_policies {
+                None => return Some(Mismatch::NotTokenRequest),
+                Some(asked) if asked.is_empty() => return Some(Mismatch::InheritedPolicies),
+                Some(asked) => {
+                    if let Some(p) = asked.iter().find(|p| !allowed.contains(p)) {
+                        return Some(Mismatch::TokenPolicy(p));
+                    }
+                }
+            }
+        }
         None
     }
 
@@ -425,6 +517,22 @@ impl Rule {
                 "batch of {} secrets (min_batch {min})",
                 req.resources.len()
             ));
+        }
+        if !req.facts.names.is_empty() {
+            reasons.push(format!("names requested: {}", req.facts.names.join(", ")));
+        }
+        if let Some(ttl) = req.facts.ttl {
+            reasons.push(format!(
+                "ttl requested: {}",
+                humantime::format_duration(ttl)
+            ));
+        }
+        if let Some(policies) = &req.facts.token_policies {
+            reasons.push(if policies.is_empty() {
+                "token policies: none named (would inherit keygate's own)".to_string()
+            } else {
+                format!("token policies requested: {}", policies.join(", "))
+            });
         }
         if let Some(v) = self.conditions.distinct_reads {
             reasons.push(format!(
@@ -585,6 +693,7 @@ mod tests {
             operation: op,
             class: OpClass::Read,
             resources: &resources,
+            facts: &Facts::NONE,
         };
         let d = policy.decide(&req, &history, now);
         let kind = match d {
@@ -687,6 +796,7 @@ mod tests {
             operation: "GetSecretValue",
             class: OpClass::Read,
             resources: &[],
+            facts: &Facts::NONE,
         };
         let d = policy.decide(&req, &ReadHistory::default(), Timestamp::from_millis(0));
         assert_eq!(d, Decision::Allow { rule: None });
@@ -712,6 +822,90 @@ mod tests {
         assert_eq!(h.reads.len(), 1, "old entries are pruned on record");
     }
 
+    /// (names, ttl secs, token policies) of a request -> which rule decides.
+    fn check_facts(
+        names: &[&str],
+        ttl: Option<u64>,
+        policies: Option<&[&str]>,
+        expect: (&str, Option<&str>),
+    ) {
+        let mut cert = rule("own-cert", &["pki.issue"], &[], Action::Allow);
+        cert.conditions.names = vec!["{identity}.svc.cluster.local".into()];
+        cert.conditions.max_ttl = Some(Duration::from_secs(24 * 3600));
+        let mut token = rule("baseline-token", &["token.create"], &[], Action::Allow);
+        token.conditions.token_policies = Some(vec!["default".into(), "app-read".into()]);
+        let policy = Policy {
+            default: DefaultAction::Deny,
+            rules: vec![
+                cert,
+                rule("other-cert", &["pki.issue"], &[], hold("secops")),
+                token,
+                rule("other-token", &["token.create"], &[], hold("secops")),
+            ],
+        };
+        let facts = Facts {
+            ttl: ttl.map(Duration::from_secs),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            token_policies: policies.map(|p| p.iter().map(|s| s.to_string()).collect()),
+        };
+        let op = if policies.is_some() {
+            "token.create"
+        } else {
+            "pki.issue"
+        };
+        let req = Request {
+            identity: "demo-app",
+            groups: &[],
+            front: Front::Vault,
+            operation: op,
+            class: OpClass::Issue,
+            resources: &[],
+            facts: &facts,
+        };
+        let d = policy.decide(&req, &ReadHistory::default(), Timestamp::from_millis(0));
+        let kind = match d {
+            Decision::Allow { .. } => "allow",
+            Decision::Hold { .. } => "hold",
+            Decision::Deny { .. } => "deny",
+        };
+        assert_eq!((kind, d.rule()), expect, "{names:?} {ttl:?} {policies:?}");
+    }
+
+    #[test]
+    fn certificate_and_token_conditions_table() {
+        let own = "demo-app.svc.cluster.local";
+        check_facts(&[own], Some(3600), None, ("allow", Some("own-cert")));
+        check_facts(&[own], None, None, ("allow", Some("own-cert")));
+        check_facts(&[own], Some(48 * 3600), None, ("hold", Some("other-cert")));
+        check_facts(
+            &["*.svc.cluster.local"],
+            Some(3600),
+            None,
+            ("hold", Some("other-cert")),
+        );
+        check_facts(
+            &[own, "db.svc.cluster.local"],
+            Some(3600),
+            None,
+            ("hold", Some("other-cert")),
+        );
+        check_facts(&[], Some(3600), None, ("hold", Some("other-cert")));
+        check_facts(
+            &[],
+            None,
+            Some(&["app-read"]),
+            ("allow", Some("baseline-token")),
+        );
+        check_facts(
+            &[],
+            None,
+            Some(&["default", "app-read"]),
+            ("allow", Some("baseline-token")),
+        );
+        check_facts(&[], None, Some(&["admin"]), ("hold", Some("other-token")));
+        check_facts(&[], None, Some(&[]), ("hold", Some("other-token")));
+    }
+
     #[test]
     fn explain_names_skipped_rules_and_the_match() {
         let policy = demo_policy();
@@ -723,6 +917,7 @@ mod tests {
             operation: "GetSecretValue",
             class: OpClass::Read,
             resources: &resources,
+            facts: &Facts::NONE,
         };
         let lines = policy.explain(&req, &ReadHistory::default(), Timestamp::from_millis(0));
         assert!(

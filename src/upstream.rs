@@ -5,6 +5,8 @@
 
 pub mod aws;
 pub mod dev;
+pub mod dev_kv;
+pub mod vault;
 
 use async_trait::async_trait;
 use bytes::Bytes;

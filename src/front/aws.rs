@@ -186,6 +186,7 @@ impl AwsFront {
             parameters: ops::redacted_parameters(&fields),
             digest_material: material.clone(),
             justification,
+            facts: crate::policy::Facts::default(),
         };
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}

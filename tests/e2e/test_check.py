@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from harness import REPO, describe, free_port, render_config, run
 
 
+# demo-upstream.toml takes the Vault address and token from the environment.
+UPSTREAM_ENV = {"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_TOKEN": "root"}
+
+
 @pytest.mark.parametrize("name", ["demo.toml", "demo-upstream.toml"])
 def test_check_accepts_shipped_config(keygate_bin, tmp_path, name):
-    result = run([keygate_bin, "check", "--config", REPO / "config" / name], cwd=tmp_path)
+    env = {**os.environ, **UPSTREAM_ENV}
+    result = run([keygate_bin, "check", "--config", REPO / "config" / name], cwd=tmp_path, env=env)
     assert result.returncode == 0, describe(result)
+
+
+def test_check_names_the_missing_vault_environment_variable(keygate_bin, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in UPSTREAM_ENV}
+    result = run([keygate_bin, "check", "--config", REPO / "config" / "demo-upstream.toml"], cwd=tmp_path, env=env)
+    assert result.returncode == 64, describe(result)
+    assert "upstream.vault.address" in result.stderr and "VAULT_ADDR" in result.stderr, describe(result)
 
 
 def test_check_accepts_the_test_config(keygate_bin, tmp_path):

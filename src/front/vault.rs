@@ -1,0 +1,607 @@
+//! The Vault HTTP API front end, on the same workload listener as the AWS
+//! one: `/v1/<path>`, `X-Vault-Token` (or `Authorization: Bearer`), the LIST
+//! verb or `?list=true`. Answers are Vault's own, relayed unchanged; keygate's
+//! own errors use Vault's `{"errors": [...]}` shape.
+//!
+//! Two identity modes: a keygate-issued token names a configured identity
+//! (broker mode: keygate calls upstream with its own credentials); with
+//! `vault.passthrough`, any other token is looked up upstream (`lookup-self`,
+//! cached briefly) and forwarded as the workload's own.
+
+pub mod ops;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+
+use super::{read_body, Body, BodyError};
+use crate::broker::{AccessRequest, Admission, Broker, Refusal};
+use crate::cache::ReadCache;
+use crate::config::{sha256, Identity, VaultConfig};
+use crate::front::aws::JUSTIFICATION_HEADER;
+use crate::policy::{Front, OpClass};
+use crate::secret::SecretBytes;
+use crate::upstream::vault::{CallAs, LookupError, VaultBackend, VaultCall};
+use crate::upstream::UpstreamError;
+
+/// A Vault-style error: status and one message.
+#[derive(Debug)]
+struct VaultError {
+    status: u16,
+    message: String,
+}
+
+fn verr(status: u16, message: impl Into<String>) -> VaultError {
+    VaultError {
+        status,
+        message: message.into(),
+    }
+}
+
+fn permission_denied() -> VaultError {
+    verr(403, "permission denied")
+}
+
+/// Who is calling, once authenticated.
+#[derive(Clone, Debug)]
+enum Caller {
+    Broker(Arc<Identity>),
+    Passthrough(Arc<PassthroughIdentity>),
+}
+
+#[derive(Debug)]
+struct PassthroughIdentity {
+    name: String,
+    groups: Vec<String>,
+    /// Cache partition: responses fetched with one token are never served to another.
+    token_hash: String,
+}
+
+impl Caller {
+    fn name(&self) -> &str {
+        match self {
+            Caller::Broker(i) => &i.name,
+            Caller::Passthrough(p) => &p.name,
+        }
+    }
+
+    fn groups(&self) -> &[String] {
+        match self {
+            Caller::Broker(i) => &i.groups,
+            Caller::Passthrough(p) => &p.groups,
+        }
+    }
+}
+
+pub struct VaultFront {
+    /// SHA-256 of each keygate-issued token -> identity. Looking up by hash
+    /// means the token itself is never compared byte by byte.
+    tokens: HashMap<[u8; 32], Arc<Identity>>,
+    config: VaultConfig,
+    broker: Arc<Broker>,
+    backend: Option<Arc<dyn VaultBackend>>,
+    cache: ReadCache,
+    passthrough: Option<moka::sync::Cache<[u8; 32], Arc<PassthroughIdentity>>>,
+    max_body_bytes: usize,
+}
+
+impl VaultFront {
+    pub fn new(
+        config: VaultConfig,
+        identities: &[Arc<Identity>],
+        broker: Arc<Broker>,
+        backend: Option<Arc<dyn VaultBackend>>,
+        cache: ReadCache,
+        max_body_bytes: usize,
+    ) -> VaultFront {
+        let tokens = identities
+            .iter()
+            .filter_map(|i| {
+                i.vault_token
+                    .as_ref()
+                    .map(|t| (sha256(t.expose().as_bytes()), i.clone()))
+            })
+            .collect();
+        let passthrough = config.passthrough.then(|| {
+            moka::sync::Cache::builder()
+                .time_to_live(config.passthrough_cache_ttl)
+                .max_capacity(10_000)
+                .build()
+        });
+        VaultFront {
+            tokens,
+            config,
+            broker,
+            backend,
+            cache,
+            passthrough,
+            max_body_bytes,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let mut log = LogLine::default();
+        let response = match self.serve(req, &mut log).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        let status = response.status().as_u16();
+        let micros = started.elapsed().as_micros() as u64;
+        if log.outcome == "allowed" {
+            tracing::debug!(
+                request_id,
+                identity = log.identity,
+                operation = log.operation,
+                outcome = log.outcome,
+                status,
+                micros,
+                "vault request"
+            );
+        } else {
+            tracing::info!(
+                request_id,
+                identity = log.identity,
+                operation = log.operation,
+                outcome = log.outcome,
+                status,
+                micros,
+                "vault request"
+            );
+        }
+        response
+    }
+
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        log: &mut LogLine,
+    ) -> Result<Response<Body>, VaultError> {
+        log.outcome = "rejected";
+        let Some(backend) = &self.backend else {
+            return Err(verr(
+                404,
+                "keygate: the Vault front end has no upstream configured",
+            ));
+        };
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().trim_start_matches("/v1/").to_string();
+        if path.split('/').any(|seg| seg == ".." || seg == ".") {
+            return Err(verr(400, "invalid path"));
+        }
+        let (method, query) =
+            normalize_list(parts.method.as_str(), parts.uri.query().unwrap_or(""));
+        let body = match read_body(body, self.max_body_bytes).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                return Err(verr(
+                    413,
+                    format!(
+                        "keygate: request body exceeds {} bytes",
+                        self.max_body_bytes
+                    ),
+                ))
+            }
+            Err(BodyError::Broken(e)) => {
+                return Err(verr(400, format!("could not read the request body: {e}")))
+            }
+        };
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let wrap_ttl = header("x-vault-wrap-ttl");
+        let namespace = header("x-vault-namespace");
+        let content_type = header("content-type");
+        let token = header("x-vault-token")
+            .or_else(|| header("authorization").and_then(|a| a.strip_prefix("Bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+
+        if method == "GET"
+            && matches!(
+                path.as_str(),
+                "sys/health" | "sys/seal-status" | "sys/leader"
+            )
+        {
+            // Unauthenticated in Vault too: status only, no secrets.
+            log.outcome = "allowed";
+            let call = VaultCall {
+                method: &method,
+                path: &path,
+                query: &query,
+                body: Bytes::new(),
+                content_type: None,
+                wrap_ttl: None,
+                namespace,
+                as_: CallAs::Keygate,
+            };
+            return relay(backend.forward(call).await);
+        }
+        let token = token.ok_or_else(permission_denied)?;
+        let caller = match self.identify(backend.as_ref(), token).await {
+            Ok(c) => c,
+            Err(e) => {
+                log.outcome = "unauthenticated";
+                return Err(e);
+            }
+        };
+        log.identity = caller.name().to_string();
+        if let Some(target) = path.strip_prefix("sys/internal/ui/mounts/") {
+            log.outcome = "allowed";
+            return self.mount_preflight(target);
+        }
+        let json_body: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(
+                serde_json::from_slice(&body)
+                    .map_err(|e| verr(400, format!("failed to parse JSON input: {e}")))?,
+            )
+        };
+        let fields = json_body.as_ref().and_then(Value::as_object);
+        let classified = ops::classify(&self.config, &method, &path, fields);
+        log.operation = classified.operation.to_string();
+        let access = AccessRequest {
+            identity: caller.name().to_string(),
+            groups: caller.groups().to_vec(),
+            front: Front::Vault,
+            operation: classified.operation.to_string(),
+            class: classified.class,
+            resources: classified.resources.clone(),
+            parameters: ops::redacted_parameters(
+                &method,
+                &path,
+                &query,
+                wrap_ttl,
+                json_body.as_ref(),
+            ),
+            digest_material: digest_material(
+                &method,
+                &path,
+                &query,
+                wrap_ttl,
+                json_body.as_ref(),
+                &body,
+            ),
+            justification: header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect()),
+            facts: classified.facts.clone(),
+        };
+        match self.broker.admit(&access).await {
+            Ok(Admission::Proceed { .. }) => {}
+            Ok(Admission::Refused(r)) => {
+                log.outcome = refusal_label(&r);
+                let status = if matches!(r, Refusal::TooManyPending { .. }) {
+                    429
+                } else {
+                    403
+                };
+                return Err(verr(status, r.message()));
+            }
+            Err(e) => {
+                log.outcome = "store-error";
+                tracing::error!(error = %e, "cannot record decision; refusing");
+                return Err(verr(
+                    500,
+                    "keygate: could not record the decision; the request was not executed",
+                ));
+            }
+        }
+        log.outcome = "allowed";
+        let cache_key = self.cache_key(&caller, &classified, &method, &path, &query, wrap_ttl);
+        if let Some(key) = &cache_key {
+            if let Some(hit) = self.cache.get("vault", key) {
+                return Ok(json_ok(hit.expose().clone()));
+            }
+        }
+        let as_ = match &caller {
+            Caller::Broker(_) => CallAs::Keygate,
+            Caller::Passthrough(_) => CallAs::Workload(token),
+        };
+        let call = VaultCall {
+            method: &method,
+            path: &path,
+            query: &query,
+            body,
+            content_type,
+            wrap_ttl,
+            namespace,
+            as_,
+        };
+        let reply = match backend.forward(call).await {
+            Ok(r) => r,
+            Err(e) => {
+                log.outcome = "upstream-unavailable";
+                return relay(Err(e));
+            }
+        };
+        if let Some(key) = cache_key {
+            if reply.status == 200 && !is_leased(&reply.body) {
+                self.cache
+                    .insert("vault", key, SecretBytes::new(reply.body.clone()));
+            }
+        }
+        if matches!(
+            classified.class,
+            OpClass::Write | OpClass::Delete | OpClass::Privilege
+        ) && reply.status < 300
+        {
+            self.cache.invalidate_all();
+        }
+        relay(Ok(reply))
+    }
+
+    async fn identify(
+        &self,
+        backend: &dyn VaultBackend,
+        token: &str,
+    ) -> Result<Caller, VaultError> {
+        let hash = sha256(token.as_bytes());
+        if let Some(identity) = self.tokens.get(&hash) {
+            return Ok(Caller::Broker(identity.clone()));
+        }
+        let Some(cache) = &self.passthrough else {
+            return Err(permission_denied());
+        };
+        if let Some(p) = cache.get(&hash) {
+            return Ok(Caller::Passthrough(p));
+        }
+        match backend.lookup_self(token).await {
+            Ok(info) => {
+                let mut groups: Vec<String> = info
+                    .policies
+                    .iter()
+                    .map(|p| format!("vault-policy:{p}"))
+                    .collect();
+                if !info.entity_id.is_empty() {
+                    groups.push(format!("vault-entity:{}", info.entity_id));
+                }
+                let p = Arc::new(PassthroughIdentity {
+                    name: format!("vault:{}", info.display_name),
+                    groups,
+                    token_hash: hex::encode(hash),
+                });
+                cache.insert(hash, p.clone());
+                Ok(Caller::Passthrough(p))
+            }
+            Err(LookupError::Denied) => Err(permission_denied()),
+            Err(LookupError::Upstream(e)) => {
+                tracing::warn!(error = %e, "token lookup upstream failed");
+                Err(verr(502, "keygate: upstream Vault unavailable; try again"))
+            }
+        }
+    }
+
+    /// The mount-type preflight the `vault`/`bao` CLI makes before KV calls.
+    /// keygate knows its mounts, so it answers without asking upstream.
+    fn mount_preflight(&self, target: &str) -> Result<Response<Body>, VaultError> {
+        let (version, mount) =
+            if let Some((m, _)) = ops::split_mount(&self.config.kv2_mounts, target) {
+                ("2", m)
+            } else if let Some((m, _)) = ops::split_mount(&self.config.kv1_mounts, target) {
+                ("1", m)
+            } else {
+                return Err(verr(404, String::new()));
+            };
+        let body = json!({
+            "request_id": uuid::Uuid::new_v4().to_string(),
+            "lease_id": "", "renewable": false, "lease_duration": 0,
+            "data": {
+                "accessor": "", "config": {}, "description": "", "external_entropy_access": false,
+                "local": false, "options": {"version": version}, "path": format!("{mount}/"),
+                "seal_wrap": false, "type": "kv", "uuid": ""
+            },
+            "wrap_info": null, "warnings": null, "auth": null
+        });
+        Ok(json_ok(Bytes::from(body.to_string())))
+    }
+
+    /// Plain KV reads are cached; certificates, tokens and wrapped answers never.
+    fn cache_key(
+        &self,
+        caller: &Caller,
+        c: &ops::Classified,
+        method: &str,
+        path: &str,
+        query: &str,
+        wrap: Option<&str>,
+    ) -> Option<Bytes> {
+        if c.operation != "kv.read" || method != "GET" || wrap.is_some() {
+            return None;
+        }
+        let partition = match caller {
+            Caller::Broker(_) => "keygate",
+            Caller::Passthrough(p) => &p.token_hash,
+        };
+        Some(Bytes::from(format!("{partition}\n{path}?{query}")))
+    }
+}
+
+/// `LIST` may arrive as the verb or as `GET ?list=true`; keygate uses the verb.
+fn normalize_list(method: &str, query: &str) -> (String, String) {
+    let mut is_list = method.eq_ignore_ascii_case("LIST");
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            if *p == "list=true" && method == "GET" {
+                is_list = true;
+                false
+            } else {
+                true
+            }
+        })
+        .collect();
+    let method = if is_list {
+        "LIST".to_string()
+    } else {
+        method.to_ascii_uppercase()
+    };
+    (method, rest.join("&"))
+}
+
+fn digest_material(
+    method: &str,
+    path: &str,
+    query: &str,
+    wrap: Option<&str>,
+    json: Option<&Value>,
+    raw: &[u8],
+) -> Vec<u8> {
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_unstable();
+    let mut out = format!(
+        "{method}\n{path}\n{}\n{}\n",
+        pairs.join("&"),
+        wrap.unwrap_or("")
+    )
+    .into_bytes();
+    match json {
+        // serde_json's map is ordered, so this is canonical.
+        Some(v) => out.extend_from_slice(v.to_string().as_bytes()),
+        None => out.extend_from_slice(raw),
+    }
+    out
+}
+
+fn is_leased(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        lease_id: String,
+        #[serde(default)]
+        wrap_info: Option<Value>,
+    }
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(e) => !e.lease_id.is_empty() || e.wrap_info.is_some_and(|w| !w.is_null()),
+        Err(_) => true,
+    }
+}
+
+fn relay(
+    reply: Result<crate::upstream::vault::VaultReply, UpstreamError>,
+) -> Result<Response<Body>, VaultError> {
+    match reply {
+        Ok(r) => {
+            let mut b = Response::builder().status(r.status);
+            if let Some(ct) = &r.content_type {
+                b = b.header("content-type", ct.as_str());
+            }
+            Ok(b.body(Full::new(r.body)).unwrap_or_default())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream Vault unavailable");
+            Err(verr(502, "keygate: upstream Vault unavailable; try again"))
+        }
+    }
+}
+
+#[derive(Default)]
+struct LogLine {
+    identity: String,
+    operation: String,
+    outcome: &'static str,
+}
+
+fn refusal_label(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Policy { .. } => "denied",
+        Refusal::AwaitingApproval { .. } => "held",
+        Refusal::Rejected { .. } => "rejected",
+        Refusal::Expired { .. } => "expired",
+        Refusal::GrantUnavailable { .. } => "grant-unavailable",
+        Refusal::TooManyPending { .. } => "too-many-pending",
+    }
+}
+
+fn json_ok(body: Bytes) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap_or_default()
+}
+
+/// The single place Vault-style errors are rendered. A 404 with no message
+/// is Vault's `{"errors": []}`.
+fn error_response(e: &VaultError) -> Response<Body> {
+    let errors: Vec<&str> = if e.message.is_empty() {
+        vec![]
+    } else {
+        vec![e.message.as_str()]
+    };
+    Response::builder()
+        .status(e.status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            json!({ "errors": errors }).to_string(),
+        )))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_is_normalized_from_verb_or_query() {
+        assert_eq!(normalize_list("LIST", ""), ("LIST".into(), "".into()));
+        assert_eq!(
+            normalize_list("GET", "list=true"),
+            ("LIST".into(), "".into())
+        );
+        assert_eq!(
+            normalize_list("GET", "version=2"),
+            ("GET".into(), "version=2".into())
+        );
+        assert_eq!(
+            normalize_list("GET", "a=1&list=true"),
+            ("LIST".into(), "a=1".into())
+        );
+    }
+
+    #[test]
+    fn leased_or_wrapped_answers_are_never_cached() {
+        assert!(!is_leased(br#"{"lease_id":"","data":{"data":{}}}"#));
+        assert!(is_leased(br#"{"lease_id":"pki/issue/x/123","data":{}}"#));
+        assert!(is_leased(br#"{"lease_id":"","wrap_info":{"token":"t"}}"#));
+        assert!(is_leased(b"not json"));
+    }
+
+    #[test]
+    fn digest_binds_method_path_query_wrap_and_body() {
+        let body = json!({"a": 1});
+        let base = digest_material("GET", "secret/data/x", "b=1&a=2", None, Some(&body), b"");
+        assert_eq!(
+            base,
+            digest_material("GET", "secret/data/x", "a=2&b=1", None, Some(&body), b"")
+        );
+        for other in [
+            digest_material("PUT", "secret/data/x", "b=1&a=2", None, Some(&body), b""),
+            digest_material("GET", "secret/data/y", "b=1&a=2", None, Some(&body), b""),
+            digest_material("GET", "secret/data/x", "a=2", None, Some(&body), b""),
+            digest_material(
+                "GET",
+                "secret/data/x",
+                "b=1&a=2",
+                Some("60s"),
+                Some(&body),
+                b"",
+            ),
+            digest_material(
+                "GET",
+                "secret/data/x",
+                "b=1&a=2",
+                None,
+                Some(&json!({"a": 2})),
+                b"",
+            ),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+}
