@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run all of keygate's tests: build, Rust unit/integration tests, end-to-end tests
-# against real peers (moto for AWS Secrets Manager) with real clients (boto3, aws CLI).
+# against real peers (moto for AWS Secrets Manager, an OpenBao dev server for Vault)
+# with real clients (boto3, aws CLI, hvac, bao CLI).
 #
 # Needs: Rust (cargo), Python >= 3.11 with venv + pip. Everything else is installed
 # into ${KEYGATE_VENV:-$HOME/.cache/keygate-venv} on first use.

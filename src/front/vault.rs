@@ -202,26 +202,6 @@ impl VaultFront {
             .map(str::trim)
             .filter(|t| !t.is_empty());
 
-        if method == "GET"
-            && matches!(
-                path.as_str(),
-                "sys/health" | "sys/seal-status" | "sys/leader"
-            )
-        {
-            // Unauthenticated in Vault too: status only, no secrets.
-            log.outcome = "allowed";
-            let call = VaultCall {
-                method: &method,
-                path: &path,
-                query: &query,
-                body: Bytes::new(),
-                content_type: None,
-                wrap_ttl: None,
-                namespace,
-                as_: CallAs::Keygate,
-            };
-            return relay(backend.forward(call).await);
-        }
         let token = token.ok_or_else(permission_denied)?;
         let caller = match self.identify(backend.as_ref(), token).await {
             Ok(c) => c,

@@ -1,4 +1,5 @@
-"""Fixtures: a session-wide moto upstream, and keygate servers started per test.
+"""Fixtures: session-wide moto and OpenBao upstreams, and keygate servers
+started per test.
 
 KEYGATE_BIN points at the keygate binary (scripts/test.sh sets it); without it
 the suite looks in $CARGO_TARGET_DIR/debug, ~/.cache/keygate-target/debug and
@@ -8,14 +9,16 @@ the suite looks in $CARGO_TARGET_DIR/debug, ~/.cache/keygate-target/debug and
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from harness import REPO, Keygate, Moto
+from harness import REPO, Keygate, Moto, OpenBao
 
 KEYGATES = pytest.StashKey[list]()
+OPENBAOS = pytest.StashKey[list]()
 
 
 def _find_keygate_bin() -> Path | None:
@@ -85,6 +88,76 @@ def quick_keygate(start_keygate) -> Keygate:
     return start_keygate(hold_window="1s")
 
 
+# --------------------------------------------------------------------------
+# Vault: OpenBao as the upstream of keygate's Vault front end
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory) -> OpenBao:
+    """One OpenBao dev server for the session: KV v2 at secret/, PKI at pki/,
+    policies app-read and admin. Tests that stop it use start_openbao instead."""
+    server = OpenBao(tmp_path_factory.mktemp("openbao"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vault_upstream(request, openbao: OpenBao) -> OpenBao:
+    """The session OpenBao with the demo secrets (re)written for this test."""
+    request.node.stash.setdefault(OPENBAOS, []).append(openbao)
+    openbao.seed()
+    return openbao
+
+
+@pytest.fixture
+def start_openbao(request, tmp_path: Path) -> Callable[[], OpenBao]:
+    """start_openbao() -> an OpenBao of this test's own (set up and seeded),
+    for tests that stop or restart the upstream; stopped after the test."""
+    started: list[OpenBao] = []
+
+    def start() -> OpenBao:
+        server = OpenBao(tmp_path / f"openbao{len(started)}")
+        started.append(server)
+        request.node.stash.setdefault(OPENBAOS, []).append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def start_vault_keygate(start_keygate, vault_upstream: OpenBao) -> Callable[..., Keygate]:
+    """start_vault_keygate(hold_window="1s", vault_addr=..., ...) -> a running
+    keygate with the Vault front end in front of vault_upstream (or vault_addr)."""
+
+    def start(**config_opts) -> Keygate:
+        config_opts.setdefault("vault_addr", vault_upstream.url)
+        return start_keygate(**config_opts)
+
+    return start
+
+
+@pytest.fixture
+def vault_keygate(start_vault_keygate) -> Keygate:
+    """keygate with the Vault front end (hold_window 20s)."""
+    return start_vault_keygate()
+
+
+@pytest.fixture
+def quick_vault_keygate(start_vault_keygate) -> Keygate:
+    """keygate with the Vault front end whose holds give up after 1s."""
+    return start_vault_keygate(hold_window="1s")
+
+
+@pytest.fixture
+def background():
+    """Run a client call in a thread (it blocks while keygate holds it)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield pool
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -92,3 +165,5 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for kg in item.stash.get(KEYGATES, []):
             report.sections.append((f"keygate log {kg.log_path}", kg.log()))
+        for bao in item.stash.get(OPENBAOS, []):
+            report.sections.append((f"OpenBao log {bao.log_path}", bao.log()))
