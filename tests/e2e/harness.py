@@ -269,6 +269,7 @@ def render_config(
     vault_addr: str | None = None,
     vault_passthrough: bool = False,
     vault_passthrough_cache_ttl: str = "30s",
+    vault_approle: tuple[str, str] | None = None,
 ) -> str:
     """keygate config for the tests: demo-upstream.toml plus a second identity,
     an approver outside secops, an owner for demo-app and a write rule.
@@ -278,7 +279,7 @@ def render_config(
     vault_upstream = vault_sections = vault_rules = ""
     if vault_addr is not None:
         vault_upstream, vault_sections = render_vault_sections(
-            vault_addr, vault_passthrough, vault_passthrough_cache_ttl
+            vault_addr, vault_passthrough, vault_passthrough_cache_ttl, vault_approle
         )
         vault_rules = render_vault_rules(hold_window)
     return f"""\
@@ -784,12 +785,19 @@ def vault_client(url: str, token: str) -> hvac.Client:
     return hvac.Client(url=url, token=token, timeout=HTTP_TIMEOUT)
 
 
-def render_vault_sections(addr: str, passthrough: bool, passthrough_cache_ttl: str) -> tuple[str, str]:
-    """([upstream.vault], [vault]) for render_config."""
+def render_vault_sections(
+    addr: str, passthrough: bool, passthrough_cache_ttl: str, approle: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    """([upstream.vault], [vault]) for render_config. keygate's own upstream
+    credentials are the root token, or an AppRole (role_id, secret_id)."""
+    if approle is None:
+        credentials = f'token = "{VAULT_ROOT_TOKEN}"'
+    else:
+        credentials = f'approle_role_id = "{approle[0]}"\napprole_secret_id = "{approle[1]}"'
     upstream = f"""
 [upstream.vault]
 address = "{addr}"
-token = "{VAULT_ROOT_TOKEN}"
+{credentials}
 timeout = "5s"
 """
     front = f"""

@@ -45,3 +45,18 @@ def test_mount_preflight_is_answered_without_the_upstream(start_vault_keygate):
 
     assert resp.status == 200, resp.text[:500]
     assert resp.json()["data"]["type"] == "kv"
+
+
+def test_approle_login_is_renewed_past_the_token_ttl(start_openbao, start_vault_keygate):
+    """keygate logs in with AppRole and keeps its short-lived token alive."""
+    bao = start_openbao()
+    root = bao.client()
+    root.sys.enable_auth_method("approle")
+    root.auth.approle.create_or_update_approle("keygate", token_policies=["admin"], token_ttl="3s", token_max_ttl="10m")
+    role_id = root.auth.approle.read_role_id("keygate")["data"]["role_id"]
+    secret_id = root.auth.approle.generate_secret_id("keygate")["data"]["secret_id"]
+    kg = start_vault_keygate(vault_addr=bao.url, vault_approle=(role_id, secret_id), cache_ttl="0s")
+
+    assert kv_read(kg.vault(), VAULT_DEMO_DB) == VAULT_SECRETS[VAULT_DEMO_DB]
+    time.sleep(7)  # more than twice the token's 3 s TTL: only renewal keeps it valid
+    assert kv_read(kg.vault(), VAULT_DEMO_DB) == VAULT_SECRETS[VAULT_DEMO_DB]
