@@ -82,3 +82,26 @@ async fn denied_writes_and_unknown_tokens_get_vault_403s() {
     .expect_err("unknown token");
     assert_eq!(api_code(&err), Some(403), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_is_part_of_the_resource_so_rules_do_not_carry_across() {
+    let k = start("20s", 1).await;
+    let mut settings = VaultClientSettingsBuilder::default();
+    settings
+        .address(format!("http://{}", k.workload))
+        .token("kg-demo-app-token")
+        .set_namespace("team1".to_string());
+    let c = VaultClient::new(settings.build().expect("settings")).expect("client");
+    let err = vaultrs::kv2::read::<HashMap<String, String>>(&c, "secret", "demo/db")
+        .await
+        .expect_err("secret/demo/* does not cover team1/secret/demo/*");
+    match err {
+        ClientError::APIError { code: 403, errors } => {
+            assert!(
+                errors.iter().any(|e| e.contains("team1/secret/demo/db")),
+                "{errors:?}"
+            )
+        }
+        other => panic!("expected a 403, got {other:?}"),
+    }
+}

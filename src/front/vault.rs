@@ -224,7 +224,21 @@ impl VaultFront {
             )
         };
         let fields = json_body.as_ref().and_then(Value::as_object);
-        let classified = ops::classify(&self.config, &method, &path, fields);
+        let mut classified = ops::classify(&self.config, &method, &path, fields);
+        // A namespace changes which secret a path names: policy, approvals and
+        // the cache all see the namespaced path, so nothing carries across.
+        let namespace = namespace
+            .map(|n| n.trim_matches('/'))
+            .filter(|n| !n.is_empty());
+        let scoped_path = match namespace {
+            Some(ns) => {
+                for r in &mut classified.resources {
+                    *r = format!("{ns}/{r}");
+                }
+                format!("{ns}/{path}")
+            }
+            None => path.clone(),
+        };
         log.operation = classified.operation.to_string();
         let access = AccessRequest {
             identity: caller.name().to_string(),
@@ -235,14 +249,14 @@ impl VaultFront {
             resources: classified.resources.clone(),
             parameters: ops::redacted_parameters(
                 &method,
-                &path,
+                &scoped_path,
                 &query,
                 wrap_ttl,
                 json_body.as_ref(),
             ),
             digest_material: digest_material(
                 &method,
-                &path,
+                &scoped_path,
                 &query,
                 wrap_ttl,
                 json_body.as_ref(),
@@ -272,7 +286,14 @@ impl VaultFront {
             }
         }
         log.outcome = "allowed";
-        let cache_key = self.cache_key(&caller, &classified, &method, &path, &query, wrap_ttl);
+        let cache_key = self.cache_key(
+            &caller,
+            &classified,
+            &method,
+            &scoped_path,
+            &query,
+            wrap_ttl,
+        );
         if let Some(key) = &cache_key {
             if let Some(hit) = self.cache.get("vault", key) {
                 return Ok(json_ok(hit.expose().clone()));
