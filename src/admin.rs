@@ -3,7 +3,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET  | `/healthz` | liveness |
-//! | GET  | `/readyz` | the store answers |
+//! | GET  | `/readyz` | the store answers; `pending` counts requests awaiting a decision |
 //! | GET  | `/admin/v1/requests?state=pending\|approved\|denied\|expired&limit=N` | list, newest first |
 //! | GET  | `/admin/v1/requests/{id}` | one request |
 //! | POST | `/admin/v1/requests/{id}/approve` `{"comment"}` | approve |
@@ -136,7 +136,8 @@ impl Admin {
             (&Method::GET, ["healthz"]) => Ok(json!({"status": "ok"})),
             (&Method::GET, ["readyz"]) => {
                 self.store.ping().await?;
-                Ok(json!({"status": "ok"}))
+                let pending = self.broker.holds().pending_count().await;
+                Ok(json!({"status": "ok", "pending": pending}))
             }
             (_, ["admin", "v1", ..]) => {
                 let approver = self.authenticate(&req)?;
