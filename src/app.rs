@@ -121,6 +121,7 @@ impl App {
             holds,
             store.clone(),
             digest_key,
+            config.audit,
         ));
         let identities: Vec<Arc<_>> = config.identities.iter().cloned().map(Arc::new).collect();
         let aws = AwsFront::new(

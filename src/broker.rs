@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::audit::{AuditEvent, AuditKind, POLICY_ACTOR};
+use crate::config::AuditMode;
 use crate::gate::Subject;
 use crate::holds::{Admit, HoldError, Holds, Outcome};
 use crate::policy::{self, Decision, Front, OpClass, Policy, ReadHistory};
@@ -126,6 +127,7 @@ pub struct Broker {
     /// a few map operations, never across an `.await`.
     histories: Mutex<HashMap<String, ReadHistory>>,
     history_keep: Duration,
+    audit_mode: AuditMode,
 }
 
 impl Broker {
@@ -134,6 +136,7 @@ impl Broker {
         holds: Holds,
         store: Arc<dyn Store>,
         digest_key: [u8; 32],
+        audit_mode: AuditMode,
     ) -> Broker {
         let history_keep = policy.longest_volume_window();
         Broker {
@@ -143,6 +146,7 @@ impl Broker {
             digest_key,
             histories: Mutex::new(HashMap::new()),
             history_keep,
+            audit_mode,
         }
     }
 
@@ -201,7 +205,7 @@ impl Broker {
             Decided::Allow(rule) => {
                 let mut e = self.event(AuditKind::Allowed, POLICY_ACTOR, req, now);
                 e.rule = rule.clone();
-                self.store.commit(Commit::event(e)).await?;
+                self.record_decision(e).await?;
                 self.record_reads(req, now);
                 Ok(Admission::Proceed { rule, grant: None })
             }
@@ -209,7 +213,7 @@ impl Broker {
                 let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
                 e.rule = rule.clone();
                 e.detail = Some(reason.clone());
-                self.store.commit(Commit::event(e)).await?;
+                self.record_decision(e).await?;
                 Ok(Admission::Refused(Refusal::Policy { rule, reason }))
             }
             Decided::Hold(rule, spec, reasons) => self.hold(req, rule, spec, reasons, now).await,
@@ -295,6 +299,28 @@ impl Broker {
                     why: other.to_string(),
                 })),
             },
+        }
+    }
+
+    /// Record an allow or deny decision as the audit mode asks.
+    async fn record_decision(&self, e: AuditEvent) -> Result<(), StoreError> {
+        match self.audit_mode {
+            AuditMode::Strict => self.store.commit(Commit::event(e)).await,
+            AuditMode::Batched => {
+                let relaxed = Commit {
+                    requests: Vec::new(),
+                    events: vec![e],
+                    relaxed: true,
+                };
+                match self.store.commit_detached(relaxed) {
+                    Ok(()) => Ok(()),
+                    // The store is failing: wait for the commit, which fails closed.
+                    Err(mut refused) => {
+                        refused.relaxed = false;
+                        self.store.commit(refused).await
+                    }
+                }
+            }
         }
     }
 

@@ -62,7 +62,19 @@ pub struct Config {
     /// KV v2 seeds for the dev store's Vault side: (mount, path in mount, data).
     pub dev_kv: Vec<DevKvSeed>,
     pub vault: VaultConfig,
+    pub audit: AuditMode,
     pub policy: Policy,
+}
+
+/// When a decision's audit record must be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditMode {
+    /// Before the client is answered, surviving a power loss (the default).
+    Strict,
+    /// Queued and group-committed without waiting: a crash may lose the last
+    /// moments of allowed/denied decision records. Holds, approvals and
+    /// grants are always strict.
+    Batched,
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +228,15 @@ struct RawConfig {
     #[serde(default)]
     vault: RawVault,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -514,6 +534,16 @@ impl RawConfig {
         let vault = validate_vault(self.vault, vault_upstream)?;
         let dev_kv = validate_dev_kv(self.dev_store.kv, &vault, &upstream)?;
         let policy = validate_policy(self.policy, &approvers)?;
+        let audit = match self.audit.mode.as_deref() {
+            None | Some("strict") => AuditMode::Strict,
+            Some("batched") => AuditMode::Batched,
+            Some(other) => {
+                return Err(invalid(
+                    "audit.mode",
+                    format!("{other:?} is not allowed; use \"strict\" or \"batched\""),
+                ))
+            }
+        };
         Ok(Config {
             server,
             log,
@@ -525,6 +555,7 @@ impl RawConfig {
             dev_secrets,
             dev_kv,
             vault,
+            audit,
             policy,
         })
     }
@@ -876,7 +907,7 @@ fn validate_policy(raw: RawPolicy, approvers: &[Approver]) -> Result<Policy, Con
         }
         rules.push(validate_rule(&key, name, r, &group_sizes)?);
     }
-    Ok(Policy { default, rules })
+    Ok(Policy::new(default, rules))
 }
 
 fn validate_rule(

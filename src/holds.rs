@@ -183,6 +183,7 @@ impl Holds {
                             let e = event(AuditKind::GrantUsed, &next.subject.identity, &next, now);
                             self.store
                                 .commit(Commit {
+                                    relaxed: false,
                                     requests: vec![next.clone()],
                                     events: vec![e],
                                 })
@@ -241,6 +242,7 @@ impl Holds {
         e.detail = Some(request.reasons.join("; "));
         self.store
             .commit(Commit {
+                relaxed: false,
                 requests: vec![request.clone()],
                 events: vec![e],
             })
@@ -278,6 +280,7 @@ impl Holds {
         ];
         self.store
             .commit(Commit {
+                relaxed: false,
                 requests: vec![next.clone()],
                 events,
             })
@@ -348,6 +351,7 @@ impl Holds {
         };
         self.store
             .commit(Commit {
+                relaxed: false,
                 requests: vec![next.clone()],
                 events: vec![e],
             })
@@ -388,6 +392,7 @@ impl Holds {
                 .collect();
             self.store
                 .commit(Commit {
+                    relaxed: false,
                     requests: expired.clone(),
                     events,
                 })

@@ -30,6 +30,7 @@ pub mod gate;
 pub mod glob;
 pub mod holds;
 pub mod policy;
+pub mod request_id;
 pub mod secret;
 pub mod server;
 pub mod store;

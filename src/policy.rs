@@ -6,7 +6,7 @@
 //! policy's default applies (shipped default: deny). Deciding cannot fail: a
 //! denial is a value, never an `Err`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -86,6 +86,81 @@ impl OpClass {
 pub struct Policy {
     pub default: DefaultAction,
     pub rules: Vec<Rule>,
+    index: RuleIndex,
+}
+
+/// Which rules can apply to an identity, compiled once so that deciding does
+/// not scan every rule. Rules naming only literal identities are found by
+/// name; the rest (globs, groups only, any identity) are always candidates.
+/// Both lists hold rule positions in ascending order, so walking their merge
+/// keeps first-match semantics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct RuleIndex {
+    by_identity: HashMap<String, Vec<usize>>,
+    generic: Vec<usize>,
+}
+
+impl RuleIndex {
+    fn build(rules: &[Rule]) -> RuleIndex {
+        let mut index = RuleIndex::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let literal = !rule.identities.is_empty()
+                && rule
+                    .identities
+                    .iter()
+                    .all(|g| !g.as_str().contains(['*', '?']));
+            if literal {
+                for g in &rule.identities {
+                    let slot = index.by_identity.entry(g.as_str().to_string()).or_default();
+                    if slot.last() != Some(&i) {
+                        slot.push(i);
+                    }
+                }
+            } else {
+                index.generic.push(i);
+            }
+        }
+        index
+    }
+
+    /// Positions of the rules that may match `identity`, in rule order.
+    fn candidates<'a>(&'a self, identity: &str) -> impl Iterator<Item = usize> + 'a {
+        let named: &[usize] = self.by_identity.get(identity).map_or(&[], Vec::as_slice);
+        MergeSorted {
+            a: named,
+            b: &self.generic,
+        }
+    }
+}
+
+/// The ascending merge of two ascending slices of distinct positions.
+struct MergeSorted<'a> {
+    a: &'a [usize],
+    b: &'a [usize],
+}
+
+impl Iterator for MergeSorted<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x < y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let (head, rest) = if take_a {
+            self.a.split_first()?
+        } else {
+            self.b.split_first()?
+        };
+        if take_a {
+            self.a = rest;
+        } else {
+            self.b = rest;
+        }
+        Some(*head)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,6 +388,15 @@ impl fmt::Display for Mismatch<'_> {
 }
 
 impl Policy {
+    pub fn new(default: DefaultAction, rules: Vec<Rule>) -> Policy {
+        let index = RuleIndex::build(&rules);
+        Policy {
+            default,
+            rules,
+            index,
+        }
+    }
+
     /// Decide one request. `history` is the identity's recent reads (for
     /// volume conditions); `now` is the current time.
     pub fn decide<'p>(
@@ -321,7 +405,8 @@ impl Policy {
         history: &ReadHistory,
         now: Timestamp,
     ) -> Decision<'p> {
-        for rule in &self.rules {
+        for i in self.index.candidates(req.identity) {
+            let rule = &self.rules[i];
             if rule.mismatch(req, history, now).is_none() {
                 return rule.decision(req, history, now);
             }
@@ -633,9 +718,9 @@ mod tests {
         });
         let mut batch = rule("big-batch", &["BatchGetSecretValue"], &[], hold("secops"));
         batch.conditions.min_batch = Some(3);
-        Policy {
-            default: DefaultAction::Deny,
-            rules: vec![
+        Policy::new(
+            DefaultAction::Deny,
+            vec![
                 volume,
                 rule(
                     "demo-read",
@@ -665,7 +750,7 @@ mod tests {
                     },
                 ),
             ],
-        }
+        )
     }
 
     /// (identity, operation, resources, previously read) -> expected (kind, rule)
@@ -785,10 +870,7 @@ mod tests {
 
     #[test]
     fn default_allow_is_possible_but_explicit() {
-        let policy = Policy {
-            default: DefaultAction::Allow,
-            rules: vec![],
-        };
+        let policy = Policy::new(DefaultAction::Allow, vec![]);
         let req = Request {
             identity: "x",
             groups: &[],
@@ -834,15 +916,15 @@ mod tests {
         cert.conditions.max_ttl = Some(Duration::from_secs(24 * 3600));
         let mut token = rule("baseline-token", &["token.create"], &[], Action::Allow);
         token.conditions.token_policies = Some(vec!["default".into(), "app-read".into()]);
-        let policy = Policy {
-            default: DefaultAction::Deny,
-            rules: vec![
+        let policy = Policy::new(
+            DefaultAction::Deny,
+            vec![
                 cert,
                 rule("other-cert", &["pki.issue"], &[], hold("secops")),
                 token,
                 rule("other-token", &["token.create"], &[], hold("secops")),
             ],
-        };
+        );
         let facts = Facts {
             ttl: ttl.map(Duration::from_secs),
             names: names.iter().map(|s| s.to_string()).collect(),
@@ -904,6 +986,53 @@ mod tests {
         );
         check_facts(&[], None, Some(&["admin"]), ("hold", Some("other-token")));
         check_facts(&[], None, Some(&[]), ("hold", Some("other-token")));
+    }
+
+    #[test]
+    fn the_identity_index_keeps_first_match_order() {
+        let named = |name: &str, identity: &str, action: Action| Rule {
+            identities: vec![Glob::new(identity)],
+            ..rule(name, &["GetSecretValue"], &[], action)
+        };
+        let deny = || Action::Deny {
+            reason: "no".into(),
+        };
+        let policy = Policy::new(
+            DefaultAction::Deny,
+            vec![
+                named("a-literal", "app-a", deny()),
+                named("glob", "app-*", Action::Allow),
+                named("b-literal", "app-b", deny()),
+                named("c-literal", "app-c", Action::Allow),
+            ],
+        );
+        let decide = |identity: &str| {
+            let req = Request {
+                identity,
+                groups: &[],
+                front: Front::Aws,
+                operation: "GetSecretValue",
+                class: OpClass::Read,
+                resources: &[],
+                facts: &Facts::NONE,
+            };
+            policy
+                .decide(&req, &ReadHistory::default(), Timestamp::from_millis(0))
+                .rule()
+                .map(str::to_string)
+        };
+        assert_eq!(
+            decide("app-a").as_deref(),
+            Some("a-literal"),
+            "a literal before the glob wins"
+        );
+        assert_eq!(
+            decide("app-b").as_deref(),
+            Some("glob"),
+            "the glob before a literal wins"
+        );
+        assert_eq!(decide("app-z").as_deref(), Some("glob"));
+        assert_eq!(decide("other"), None, "default deny");
     }
 
     #[test]

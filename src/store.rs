@@ -28,6 +28,10 @@ pub enum StoreError {
 pub struct Commit {
     pub requests: Vec<HeldRequest>,
     pub events: Vec<AuditEvent>,
+    /// May be made durable against a process crash only (not a power loss):
+    /// allowed only for plain decision records in `batched` audit mode.
+    /// Request transitions (holds, approvals, grants) are never relaxed.
+    pub relaxed: bool,
 }
 
 impl Commit {
@@ -35,6 +39,7 @@ impl Commit {
         Commit {
             requests: Vec::new(),
             events: vec![e],
+            relaxed: false,
         }
     }
 }
@@ -42,6 +47,10 @@ impl Commit {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// Queue a commit without waiting for it (`batched` audit mode). If a
+    /// recent commit failed, the commit is handed back so that the caller can
+    /// commit and wait instead, and so fail closed.
+    fn commit_detached(&self, commit: Commit) -> Result<(), Commit>;
     /// Requests that still matter after a restart: pending ones and approved
     /// ones whose grant has uses left.
     async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError>;

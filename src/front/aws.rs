@@ -39,6 +39,9 @@ pub struct AwsFront {
     upstream: Arc<dyn SecretsUpstream>,
     cache: ReadCache,
     max_body_bytes: usize,
+    /// SigV4 signing keys per access key id and day: deriving one costs four
+    /// HMACs, and it only changes at midnight UTC.
+    signing_keys: moka::sync::Cache<String, [u8; 32]>,
 }
 
 impl AwsFront {
@@ -61,11 +64,15 @@ impl AwsFront {
             upstream,
             cache,
             max_body_bytes,
+            signing_keys: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(2 * 24 * 3600))
+                .build(),
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = crate::request_id::next();
         let started = Instant::now();
         let (response, log) = match self.serve(req).await {
             Ok((resp, log)) => (resp, log),
@@ -282,10 +289,20 @@ impl AwsFront {
             headers: &parts.headers,
             body,
         };
+        let signing_key =
+            self.signing_keys
+                .get_with(format!("{}/{}", auth.access_key_id, auth.date), || {
+                    sigv4::signing_key(
+                        key.secret_access_key.expose(),
+                        auth.date,
+                        &self.region,
+                        "secretsmanager",
+                    )
+                });
         sigv4::verify(
             &auth,
             &req,
-            key.secret_access_key.expose(),
+            &signing_key,
             &self.region,
             "secretsmanager",
             Timestamp::now(),

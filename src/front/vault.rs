@@ -126,7 +126,7 @@ impl VaultFront {
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let request_id = uuid::Uuid::new_v4().to_string();
+        let request_id = crate::request_id::next();
         let started = Instant::now();
         let mut log = LogLine::default();
         let response = match self.serve(req, &mut log).await {

@@ -5,10 +5,13 @@
 //! commit), then answers every caller. The audit chain's head lives in that
 //! thread, so appends are ordered without a lock. WAL mode with
 //! `synchronous=FULL`: a `kill -9` or power loss after a commit returned loses
-//! nothing.
+//! nothing acknowledged. Groups made only of relaxed commits (decision
+//! records in `batched` audit mode, not awaited by anyone) run with
+//! `synchronous=NORMAL`: durable against a process crash, not a power loss.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use async_trait::async_trait;
@@ -22,13 +25,18 @@ use crate::gate::{HeldRequest, State};
 /// How many queued commits one transaction may absorb.
 const MAX_GROUP: usize = 512;
 
+type Reply = Option<oneshot::Sender<Result<(), StoreError>>>;
+
 enum Command {
-    Commit(Commit, oneshot::Sender<Result<(), StoreError>>),
+    /// A commit, and whom to tell when it is durable (`None`: detached).
+    Commit(Commit, Reply),
     Read(Box<dyn FnOnce(&Connection) + Send>),
 }
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Command>,
+    /// Set by the writer when a commit fails, cleared by the next success.
+    failing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -83,11 +91,13 @@ impl SqliteStore {
         let head = chain_head(&conn)?;
         let (tx, rx) = mpsc::channel();
         let name: PathBuf = path.to_path_buf();
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = failing.clone();
         thread::Builder::new()
             .name("keygate-sqlite".into())
-            .spawn(move || writer(conn, rx, head, name))
+            .spawn(move || writer(conn, rx, head, name, flag))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
-        Ok(SqliteStore { tx })
+        Ok(SqliteStore { tx, failing })
     }
 
     async fn read<T: Send + 'static>(
@@ -125,7 +135,9 @@ fn writer(
     rx: mpsc::Receiver<Command>,
     mut head: (u64, String),
     path: PathBuf,
+    failing: Arc<AtomicBool>,
 ) {
+    let mut full_sync = true;
     while let Ok(first) = rx.recv() {
         let mut group = Vec::new();
         let mut reads = Vec::new();
@@ -142,18 +154,38 @@ fn writer(
         }
         if !group.is_empty() {
             let commits: Vec<&Commit> = group.iter().map(|(c, _)| c).collect();
-            let result = apply(&mut conn, &commits, &head);
+            let want_full = commits.iter().any(|c| !c.relaxed);
+            if want_full != full_sync {
+                let pragma = if want_full {
+                    "PRAGMA synchronous=FULL"
+                } else {
+                    "PRAGMA synchronous=NORMAL"
+                };
+                if conn.execute_batch(pragma).is_ok() {
+                    full_sync = want_full;
+                }
+            }
+            // Never let a relaxed setting weaken a commit that asked for full durability.
+            let result = if want_full && !full_sync {
+                Err(StoreError::Database(
+                    "cannot switch to synchronous=FULL".into(),
+                ))
+            } else {
+                apply(&mut conn, &commits, &head)
+            };
             let outcome = match result {
                 Ok(new_head) => {
                     head = new_head;
+                    failing.store(false, Ordering::Relaxed);
                     Ok(())
                 }
                 Err(e) => {
+                    failing.store(true, Ordering::Relaxed);
                     tracing::error!(db = %path.display(), error = %e, "commit failed");
                     Err(e)
                 }
             };
-            for (_, reply) in group {
+            for reply in group.into_iter().filter_map(|(_, r)| r) {
                 let _ = reply.send(match &outcome {
                     Ok(()) => Ok(()),
                     Err(e) => Err(StoreError::Database(e.to_string())),
@@ -284,9 +316,21 @@ impl Store for SqliteStore {
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Commit(commit, reply))
+            .send(Command::Commit(commit, Some(reply)))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn commit_detached(&self, commit: Commit) -> Result<(), Commit> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(commit);
+        }
+        self.tx
+            .send(Command::Commit(commit, None))
+            .map_err(|e| match e.0 {
+                Command::Commit(c, _) => c,
+                Command::Read(_) => Commit::default(),
+            })
     }
 
     async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError> {

@@ -163,11 +163,13 @@ pub struct RequestParts<'a> {
     pub body: &'a [u8],
 }
 
-/// Verify `auth` against the request, with the identity's secret key.
+/// Verify `auth` against the request, with the signing key derived from the
+/// identity's secret for `auth`'s date, region and service (see `signing_key`;
+/// callers cache it per key and day).
 pub fn verify(
     auth: &Authorization<'_>,
     req: &RequestParts<'_>,
-    secret_key: &str,
+    key: &[u8; 32],
     expected_region: &str,
     expected_service: &str,
     now: Timestamp,
@@ -219,8 +221,7 @@ pub fn verify(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let key = signing_key(secret_key, auth.date, auth.region, auth.service);
-    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+    let expected = hex::encode(hmac(key, string_to_sign.as_bytes()));
     if expected.as_bytes().ct_eq(auth.signature.as_bytes()).into() {
         Ok(())
     } else {
@@ -251,20 +252,20 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
     out.push_str(&canonical_query(req.query));
     out.push('\n');
     for name in &auth.signed_headers {
-        let values: Vec<String> = req
-            .headers
-            .get_all(*name)
-            .iter()
-            .map(|v| collapse_spaces(&String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        if values.is_empty() {
+        let mut present = false;
+        for value in req.headers.get_all(*name) {
+            out.push_str(if present { "," } else { name });
+            if !present {
+                out.push(':');
+            }
+            out.push_str(&collapse_spaces(&String::from_utf8_lossy(value.as_bytes())));
+            present = true;
+        }
+        if !present {
             return Err(SigError::Incomplete(format!(
                 "signed header '{name}' is not present"
             )));
         }
-        out.push_str(name);
-        out.push(':');
-        out.push_str(&values.join(","));
         out.push('\n');
     }
     out.push('\n');
@@ -284,8 +285,15 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
     Ok(out)
 }
 
-fn collapse_spaces(v: &str) -> String {
-    v.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Trim and collapse runs of spaces, as SigV4 canonical headers want;
+/// borrows in the common case where there is nothing to change.
+fn collapse_spaces(v: &str) -> std::borrow::Cow<'_, str> {
+    let t = v.trim();
+    if t.contains("  ") || t.contains(['\t', '\n']) {
+        std::borrow::Cow::Owned(t.split_whitespace().collect::<Vec<_>>().join(" "))
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    }
 }
 
 fn canonical_query(query: &str) -> String {
@@ -357,7 +365,8 @@ mod tests {
         let now = Timestamp::from_millis(
             parse_amz_date(date).expect("date").millis() + now_offset_secs * 1000,
         );
-        let got = verify(&auth, &parts, SECRET, "us-east-1", "secretsmanager", now);
+        let key = signing_key(SECRET, &date[..8], "us-east-1", "secretsmanager");
+        let got = verify(&auth, &parts, &key, "us-east-1", "secretsmanager", now);
         match (got, expect) {
             (Ok(()), Ok(())) => {}
             (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{e}"),
