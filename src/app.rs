@@ -209,5 +209,8 @@ impl App {
         let _ = stop_tx.send(true);
         let _ = servers.await;
         let _ = sweeper.await;
+        if let Err(e) = app.broker.flush_audit().await {
+            tracing::error!(error = %e, "could not flush queued audit records at shutdown");
+        }
     }
 }

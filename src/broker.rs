@@ -32,13 +32,45 @@ pub struct AccessRequest {
     pub operation: String,
     pub class: OpClass,
     pub resources: Vec<String>,
-    /// Parameters with secret values removed (shown to approvers).
-    pub parameters: serde_json::Value,
+    /// Parameters as approvers may see them (built only for holds).
+    pub parameters: Parameters,
     /// Canonical bytes of every parameter that binds an approval.
     pub digest_material: Vec<u8>,
     pub justification: Option<String>,
     /// What a certificate or token request asks for (empty otherwise).
     pub facts: policy::Facts,
+}
+
+/// A request's parameters for approvers. Redacting costs a copy of the body,
+/// and most requests are never held, so a front end may defer it.
+#[derive(Clone)]
+pub enum Parameters {
+    /// Already redacted.
+    Redacted(serde_json::Value),
+    /// The raw body (which may hold secret values) and the redactor to apply.
+    Deferred(
+        serde_json::Map<String, serde_json::Value>,
+        fn(&serde_json::Map<String, serde_json::Value>) -> serde_json::Value,
+    ),
+}
+
+impl Parameters {
+    pub fn redacted(&self) -> serde_json::Value {
+        match self {
+            Parameters::Redacted(v) => v.clone(),
+            Parameters::Deferred(body, redact) => redact(body),
+        }
+    }
+}
+
+/// Never prints the raw body: it may carry secret values.
+impl std::fmt::Debug for Parameters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Parameters::Redacted(v) => write!(f, "Redacted({v})"),
+            Parameters::Deferred(..) => f.write_str("Deferred(<not yet redacted>)"),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -188,9 +220,14 @@ impl Broker {
                 resources: &req.resources,
                 facts: &req.facts,
             };
-            let histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
             let empty = ReadHistory::default();
-            let history = histories.get(&req.identity).unwrap_or(&empty);
+            // Without volume rules there is no history to consult: skip the lock.
+            let histories = (!self.history_keep.is_zero())
+                .then(|| self.histories.lock().unwrap_or_else(|p| p.into_inner()));
+            let history = histories
+                .as_ref()
+                .and_then(|h| h.get(&req.identity))
+                .unwrap_or(&empty);
             match self.policy.decide(&view, history, now) {
                 Decision::Allow { rule } => Decided::Allow(rule.map(str::to_string)),
                 Decision::Deny { rule, reason } => Decided::Deny(rule.map(str::to_string), reason),
@@ -234,7 +271,7 @@ impl Broker {
             operation: req.operation.clone(),
             class: req.class,
             resources: req.resources.clone(),
-            parameters: req.parameters.clone(),
+            parameters: req.parameters.redacted(),
             justification: req.justification.clone(),
             digest: self.digest(req),
         };
@@ -300,6 +337,11 @@ impl Broker {
                 })),
             },
         }
+    }
+
+    /// Wait until every audit record queued so far is durable (at shutdown).
+    pub async fn flush_audit(&self) -> Result<(), StoreError> {
+        self.store.commit(Commit::default()).await
     }
 
     /// Record an allow or deny decision as the audit mode asks.

@@ -19,7 +19,7 @@ use hyper::{Request, Response};
 use serde_json::Value;
 
 use super::{read_body, Body, BodyError};
-use crate::broker::{AccessRequest, Admission, Broker, Refusal};
+use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::Identity;
 use crate::policy::Front;
@@ -190,7 +190,7 @@ impl AwsFront {
             operation: operation.to_string(),
             class,
             resources: ops::resources(&fields),
-            parameters: ops::redacted_parameters(&fields),
+            parameters: Parameters::Deferred(fields, ops::redacted_parameters),
             digest_material: material.clone(),
             justification,
             facts: crate::policy::Facts::default(),

@@ -21,7 +21,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use super::{read_body, Body, BodyError};
-use crate::broker::{AccessRequest, Admission, Broker, Refusal};
+use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
 use crate::front::aws::JUSTIFICATION_HEADER;
@@ -247,13 +247,13 @@ impl VaultFront {
             operation: classified.operation.to_string(),
             class: classified.class,
             resources: classified.resources.clone(),
-            parameters: ops::redacted_parameters(
+            parameters: Parameters::Redacted(ops::redacted_parameters(
                 &method,
                 &scoped_path,
                 &query,
                 wrap_ttl,
                 json_body.as_ref(),
-            ),
+            )),
             digest_material: digest_material(
                 &method,
                 &scoped_path,

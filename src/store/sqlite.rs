@@ -11,8 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -24,6 +25,10 @@ use crate::gate::{HeldRequest, State};
 
 /// How many queued commits one transaction may absorb.
 const MAX_GROUP: usize = 512;
+/// Detached (batched-mode) commits wait at most this long for their group.
+const DETACHED_FLUSH: Duration = Duration::from_millis(10);
+/// ...or until this many are queued, whichever comes first.
+const DETACHED_WAKE_AT: usize = 1024;
 
 type Reply = Option<oneshot::Sender<Result<(), StoreError>>>;
 
@@ -31,12 +36,18 @@ enum Command {
     /// A commit, and whom to tell when it is durable (`None`: detached).
     Commit(Commit, Reply),
     Read(Box<dyn FnOnce(&Connection) + Send>),
+    /// Wake up: the detached queue is long.
+    Flush,
 }
 
 pub struct SqliteStore {
     tx: mpsc::Sender<Command>,
     /// Set by the writer when a commit fails, cleared by the next success.
     failing: Arc<AtomicBool>,
+    /// Detached commits. Pushing does not wake the writer (that wake-up per
+    /// request was the largest cost on the hot path); it drains this queue on
+    /// a short timer or when the queue grows long.
+    detached: Arc<Mutex<Vec<Commit>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,12 +103,21 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let name: PathBuf = path.to_path_buf();
         let failing = Arc::new(AtomicBool::new(false));
-        let flag = failing.clone();
+        let detached = Arc::new(Mutex::new(Vec::new()));
+        let writer_state = Writer {
+            failing: failing.clone(),
+            detached: detached.clone(),
+            path: name,
+        };
         thread::Builder::new()
             .name("keygate-sqlite".into())
-            .spawn(move || writer(conn, rx, head, name, flag))
+            .spawn(move || writer(conn, rx, head, writer_state))
             .map_err(|e| StoreError::Database(format!("cannot start writer thread: {e}")))?;
-        Ok(SqliteStore { tx, failing })
+        Ok(SqliteStore {
+            tx,
+            failing,
+            detached,
+        })
     }
 
     async fn read<T: Send + 'static>(
@@ -130,27 +150,50 @@ fn chain_head(conn: &Connection) -> Result<(u64, String), StoreError> {
     })
 }
 
-fn writer(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Command>,
-    mut head: (u64, String),
-    path: PathBuf,
+/// What the writer thread shares with the store handle.
+struct Writer {
     failing: Arc<AtomicBool>,
-) {
+    detached: Arc<Mutex<Vec<Commit>>>,
+    path: PathBuf,
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, String), w: Writer) {
+    let (failing, path) = (&w.failing, &w.path);
     let mut full_sync = true;
-    while let Ok(first) = rx.recv() {
-        let mut group = Vec::new();
+    let mut closing = false;
+    while !closing {
+        let first = match rx.recv_timeout(DETACHED_FLUSH) {
+            Ok(c) => Some(c),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            // Every handle is gone: write what is still queued, then stop.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                closing = true;
+                None
+            }
+        };
+        let mut group: Vec<(Commit, Reply)> = Vec::new();
         let mut reads = Vec::new();
-        match first {
+        let mut take = |cmd: Command, group: &mut Vec<(Commit, Reply)>| match cmd {
             Command::Commit(c, r) => group.push((c, r)),
             Command::Read(f) => reads.push(f),
+            Command::Flush => {}
+        };
+        if let Some(cmd) = first {
+            take(cmd, &mut group);
         }
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(Command::Commit(c, r)) => group.push((c, r)),
-                Ok(Command::Read(f)) => reads.push(f),
+                Ok(cmd) => take(cmd, &mut group),
                 Err(_) => break,
             }
+        }
+        // Detached decision records go first: they were decided before any
+        // commit now waiting on the channel was queued behind them.
+        let queued = std::mem::take(&mut *w.detached.lock().unwrap_or_else(|p| p.into_inner()));
+        if !queued.is_empty() {
+            let mut all: Vec<(Commit, Reply)> = queued.into_iter().map(|c| (c, None)).collect();
+            all.append(&mut group);
+            group = all;
         }
         if !group.is_empty() {
             let commits: Vec<&Commit> = group.iter().map(|(c, _)| c).collect();
@@ -325,12 +368,15 @@ impl Store for SqliteStore {
         if self.failing.load(Ordering::Relaxed) {
             return Err(commit);
         }
-        self.tx
-            .send(Command::Commit(commit, None))
-            .map_err(|e| match e.0 {
-                Command::Commit(c, _) => c,
-                Command::Read(_) => Commit::default(),
-            })
+        let queued = {
+            let mut q = self.detached.lock().unwrap_or_else(|p| p.into_inner());
+            q.push(commit);
+            q.len()
+        };
+        if queued == DETACHED_WAKE_AT {
+            let _ = self.tx.send(Command::Flush);
+        }
+        Ok(())
     }
 
     async fn live_requests(&self) -> Result<Vec<HeldRequest>, StoreError> {
@@ -461,6 +507,34 @@ mod tests {
             store.digest_key().await.expect("key"),
             key1,
             "the digest key is stable"
+        );
+    }
+
+    #[tokio::test]
+    async fn detached_commits_are_durable_after_a_flush_and_keep_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("k.db")).expect("open");
+        for i in 0..50 {
+            let mut c = Commit::event(event(i));
+            c.relaxed = true;
+            store.commit_detached(c).expect("queued");
+        }
+        store
+            .commit(Commit::event(event(1000)))
+            .await
+            .expect("strict commit");
+        store.commit(Commit::default()).await.expect("flush");
+        let rows = store.audit_rows(0, 1000).await.expect("rows");
+        assert_eq!(rows.len(), 51);
+        let mut v = ChainVerifier::default();
+        for r in &rows {
+            v.push(r).expect("chain intact");
+        }
+        // Decisions queued before the strict commit are written before it.
+        assert!(
+            rows[50].body.contains("\"at\":\"1970-01-01T00:00:01Z\""),
+            "{}",
+            rows[50].body
         );
     }
 

@@ -213,19 +213,39 @@ pub fn verify(
         return Err(SigError::Region(auth.region.to_string()));
     }
     let canonical = canonical_request(auth, req)?;
-    let scope = format!(
-        "{}/{}/{}/aws4_request",
-        auth.date, auth.region, auth.service
-    );
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let expected = hex::encode(hmac(key, string_to_sign.as_bytes()));
-    if expected.as_bytes().ct_eq(auth.signature.as_bytes()).into() {
+    let mut string_to_sign = String::with_capacity(160);
+    for part in [
+        ALGORITHM,
+        "\n",
+        amz_date,
+        "\n",
+        auth.date,
+        "/",
+        auth.region,
+        "/",
+        auth.service,
+        "/aws4_request\n",
+    ] {
+        string_to_sign.push_str(part);
+    }
+    push_hex(&mut string_to_sign, &Sha256::digest(canonical.as_bytes()));
+    let expected = hmac(key, string_to_sign.as_bytes());
+    // Compare raw MAC bytes in constant time; malformed hex simply fails.
+    let mut given = [0u8; 32];
+    let decoded = hex::decode_to_slice(auth.signature, &mut given).is_ok();
+    if decoded && bool::from(expected.ct_eq(&given)) {
         Ok(())
     } else {
         Err(SigError::Mismatch)
+    }
+}
+
+/// Append lowercase hex without an intermediate allocation.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 
@@ -269,19 +289,24 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
         out.push('\n');
     }
     out.push('\n');
-    out.push_str(&auth.signed_headers.join(";"));
+    for (i, name) in auth.signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
     out.push('\n');
-    let body_hash = hex::encode(Sha256::digest(req.body));
+    let hash_at = out.len();
+    push_hex(&mut out, &Sha256::digest(req.body));
     if let Some(claimed) = req
         .headers
         .get("x-amz-content-sha256")
         .and_then(|v| v.to_str().ok())
     {
-        if claimed != "UNSIGNED-PAYLOAD" && claimed != body_hash {
+        if claimed != "UNSIGNED-PAYLOAD" && claimed != &out[hash_at..] {
             return Err(SigError::Mismatch);
         }
     }
-    out.push_str(&body_hash);
     Ok(out)
 }
 
