@@ -14,6 +14,7 @@ cargo build --release --locked -q
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 sed -e 's/8740/18740/; s/8741/18741/' -e "s#./data/keygate.db#$work/kg.db#" config/demo.toml > "$work/bench.toml"
+if [ -n "${AUDIT_MODE:-}" ]; then printf "\n[audit]\nmode = \"%s\"\n" "$AUDIT_MODE" >> "$work/bench.toml"; fi
 KEYGATE_LOG=warn "$CARGO_TARGET_DIR/release/keygate" serve --config "$work/bench.toml" 2> "$work/kg.log" &
 pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18741/healthz >/dev/null && break; sleep 0.1; done
