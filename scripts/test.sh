@@ -54,5 +54,10 @@ begin "end-to-end tests (pytest tests/e2e, keygate at $KEYGATE_BIN)"
 # The suite guards every call with timeouts; this is only a last-resort bound.
 timeout -k 30 -s INT 1800 "$KG_VENV/bin/python" -m pytest -q tests/e2e
 
+# The benchmark harness must keep working; a smoke run checks that (briefly,
+# on debug builds: the numbers mean nothing here, BENCHMARKS.md has the real ones).
+begin "benchmark harness smoke run (scripts/bench.sh --smoke)"
+KEYGATE_BENCH_PROFILE=debug bash "$REPO/scripts/bench.sh" --smoke > /dev/null
+
 step=""
 kg_log "all tests passed in $((SECONDS - started))s"
