@@ -90,45 +90,91 @@ pub struct Policy {
 }
 
 /// Which rules can apply to an identity, compiled once so that deciding does
-/// not scan every rule. Rules naming only literal identities are found by
-/// name; the rest (globs, groups only, any identity) are always candidates.
-/// Both lists hold rule positions in ascending order, so walking their merge
-/// keeps first-match semantics.
+/// not scan every rule. A rule is filed under each literal identity it names,
+/// under the literal prefix of each glob it names (`app-7-*` under `app-7-`),
+/// or, when a pattern has no literal prefix or the rule names no identity, in
+/// `generic` (a candidate for everyone). Lists hold rule positions in
+/// ascending order, so walking the candidates in order keeps first-match
+/// semantics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct RuleIndex {
     by_identity: HashMap<String, Vec<usize>>,
+    by_prefix: HashMap<String, Vec<usize>>,
+    /// Distinct prefix lengths in `by_prefix`, ascending: the only lengths
+    /// worth looking up.
+    prefix_lengths: Vec<usize>,
     generic: Vec<usize>,
+}
+
+fn file_under(map: &mut HashMap<String, Vec<usize>>, key: &str, rule: usize) {
+    let slot = map.entry(key.to_string()).or_default();
+    if slot.last() != Some(&rule) {
+        slot.push(rule);
+    }
 }
 
 impl RuleIndex {
     fn build(rules: &[Rule]) -> RuleIndex {
         let mut index = RuleIndex::default();
         for (i, rule) in rules.iter().enumerate() {
-            let literal = !rule.identities.is_empty()
-                && rule
-                    .identities
+            let patterns: Vec<&str> = rule.identities.iter().map(Glob::as_str).collect();
+            let prefix_of = |p: &str| p.find(['*', '?']).map(|at| p[..at].to_string());
+            if patterns.is_empty()
+                || patterns
                     .iter()
-                    .all(|g| !g.as_str().contains(['*', '?']));
-            if literal {
-                for g in &rule.identities {
-                    let slot = index.by_identity.entry(g.as_str().to_string()).or_default();
-                    if slot.last() != Some(&i) {
-                        slot.push(i);
-                    }
-                }
-            } else {
+                    .any(|p| prefix_of(p).is_some_and(|x| x.is_empty()))
+            {
                 index.generic.push(i);
+                continue;
+            }
+            for p in patterns {
+                match prefix_of(p) {
+                    None => file_under(&mut index.by_identity, p, i),
+                    Some(prefix) => file_under(&mut index.by_prefix, &prefix, i),
+                }
             }
         }
+        let mut lengths: Vec<usize> = index.by_prefix.keys().map(String::len).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        index.prefix_lengths = lengths;
         index
     }
 
     /// Positions of the rules that may match `identity`, in rule order.
-    fn candidates<'a>(&'a self, identity: &str) -> impl Iterator<Item = usize> + 'a {
+    fn candidates<'a>(&'a self, identity: &str) -> Candidates<'a> {
         let named: &[usize] = self.by_identity.get(identity).map_or(&[], Vec::as_slice);
-        MergeSorted {
-            a: named,
-            b: &self.generic,
+        if self.prefix_lengths.is_empty() {
+            return Candidates::Merge(MergeSorted {
+                a: named,
+                b: &self.generic,
+            });
+        }
+        let mut all: Vec<usize> = named.iter().chain(&self.generic).copied().collect();
+        for &len in &self.prefix_lengths {
+            if let Some(rules) = identity.get(..len).and_then(|p| self.by_prefix.get(p)) {
+                all.extend_from_slice(rules);
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        Candidates::Listed(all.into_iter())
+    }
+}
+
+enum Candidates<'a> {
+    /// No prefix rules: merge two sorted lists without allocating.
+    Merge(MergeSorted<'a>),
+    Listed(std::vec::IntoIter<usize>),
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Candidates::Merge(m) => m.next(),
+            Candidates::Listed(l) => l.next(),
         }
     }
 }
@@ -1004,6 +1050,8 @@ mod tests {
                 named("glob", "app-*", Action::Allow),
                 named("b-literal", "app-b", deny()),
                 named("c-literal", "app-c", Action::Allow),
+                named("ci-glob", "ci-?-*", Action::Allow),
+                named("anyone", "*", deny()),
             ],
         );
         let decide = |identity: &str| {
@@ -1032,7 +1080,21 @@ mod tests {
             "the glob before a literal wins"
         );
         assert_eq!(decide("app-z").as_deref(), Some("glob"));
-        assert_eq!(decide("other"), None, "default deny");
+        assert_eq!(
+            decide("ci-7-build").as_deref(),
+            Some("ci-glob"),
+            "found by prefix"
+        );
+        assert_eq!(
+            decide("ci-77-build").as_deref(),
+            Some("anyone"),
+            "prefix found, glob does not match"
+        );
+        assert_eq!(
+            decide("other").as_deref(),
+            Some("anyone"),
+            "a bare * is generic"
+        );
     }
 
     #[test]

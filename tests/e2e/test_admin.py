@@ -20,11 +20,16 @@ def approve(kg, request_id: str, token: str | None, body=None):
     return kg.admin.call("POST", f"/admin/v1/requests/{request_id}/approve", body or {}, token=token)
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
-def test_health_endpoints(keygate, path):
-    resp = http_call(keygate.admin_url, "GET", path)
+def test_healthz_answers_ok(keygate):
+    resp = http_call(keygate.admin_url, "GET", "/healthz")
     assert resp.status == 200
     assert resp.json() == {"status": "ok"}
+
+
+def test_readyz_answers_ok_with_the_pending_count(quick_keygate, pending_id):
+    resp = http_call(quick_keygate.admin_url, "GET", "/readyz")
+    assert resp.status == 200
+    assert resp.json() == {"status": "ok", "pending": 1}
 
 
 def test_request_view_has_the_documented_fields(quick_keygate, pending_id):
