@@ -113,6 +113,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A short stable name for logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Policy { .. } => "denied",
+            Refusal::AwaitingApproval { .. } => "held",
+            Refusal::Rejected { .. } => "rejected",
+            Refusal::Expired { .. } => "expired",
+            Refusal::GrantUnavailable { .. } => "grant-unavailable",
+            Refusal::TooManyPending { .. } => "too-many-pending",
+        }
+    }
+
     /// The message the client sees (never a secret value).
     pub fn message(&self) -> String {
         match self {

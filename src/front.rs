@@ -44,3 +44,34 @@ pub async fn route(
     }
     aws.handle(req).await
 }
+
+/// What one workload request did, for its log line. Routine allowed requests
+/// log at debug (they are the hot path); everything else at info.
+#[derive(Default)]
+pub struct RequestLog {
+    pub identity: String,
+    pub operation: String,
+    pub outcome: &'static str,
+}
+
+impl RequestLog {
+    pub fn emit(
+        &self,
+        front: &'static str,
+        request_id: &str,
+        status: u16,
+        started: std::time::Instant,
+    ) {
+        let micros = started.elapsed().as_micros() as u64;
+        let (identity, operation, outcome) = (&self.identity, &self.operation, self.outcome);
+        if outcome == "allowed" {
+            tracing::debug!(
+                front, request_id, identity, operation, outcome, status, micros, "request"
+            );
+        } else {
+            tracing::info!(
+                front, request_id, identity, operation, outcome, status, micros, "request"
+            );
+        }
+    }
+}

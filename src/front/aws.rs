@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::Value;
 
-use super::{read_body, Body, BodyError};
+use super::{read_body, Body, BodyError, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::Identity;
@@ -79,36 +79,15 @@ impl AwsFront {
             Err((err, log)) => (error_response(&err), log),
         };
         let status = response.status().as_u16();
-        let level_info = log.outcome != "allowed";
-        if level_info {
-            tracing::info!(
-                request_id,
-                identity = log.identity,
-                operation = log.operation,
-                outcome = log.outcome,
-                status,
-                micros = started.elapsed().as_micros() as u64,
-                "aws request"
-            );
-        } else {
-            tracing::debug!(
-                request_id,
-                identity = log.identity,
-                operation = log.operation,
-                outcome = log.outcome,
-                status,
-                micros = started.elapsed().as_micros() as u64,
-                "aws request"
-            );
-        }
+        log.emit("aws", &request_id, status, started);
         with_request_id(response, &request_id)
     }
 
     async fn serve(
         &self,
         req: Request<Incoming>,
-    ) -> Result<(Response<Body>, LogLine), (ServiceError, LogLine)> {
-        let mut log = LogLine::default();
+    ) -> Result<(Response<Body>, RequestLog), (ServiceError, RequestLog)> {
+        let mut log = RequestLog::default();
         let (parts, body) = req.into_parts();
         macro_rules! fail {
             ($status:expr, $ty:expr, $msg:expr) => {{
@@ -198,7 +177,7 @@ impl AwsFront {
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {
-                log.outcome = refusal_label(&r);
+                log.outcome = r.label();
                 return Err((refusal_error(&r), log));
             }
             Err(e) => {
@@ -312,13 +291,6 @@ impl AwsFront {
     }
 }
 
-#[derive(Default)]
-struct LogLine {
-    identity: String,
-    operation: String,
-    outcome: &'static str,
-}
-
 fn sig_error(e: sigv4::SigError) -> ServiceError {
     use sigv4::SigError::*;
     let ty = match &e {
@@ -331,17 +303,6 @@ fn sig_error(e: sigv4::SigError) -> ServiceError {
     };
     let status = if matches!(e, Missing) { 403 } else { 400 };
     ServiceError::new(status, ty, e.to_string())
-}
-
-fn refusal_label(r: &Refusal) -> &'static str {
-    match r {
-        Refusal::Policy { .. } => "denied",
-        Refusal::AwaitingApproval { .. } => "held",
-        Refusal::Rejected { .. } => "rejected",
-        Refusal::Expired { .. } => "expired",
-        Refusal::GrantUnavailable { .. } => "grant-unavailable",
-        Refusal::TooManyPending { .. } => "too-many-pending",
-    }
 }
 
 fn refusal_error(r: &Refusal) -> ServiceError {

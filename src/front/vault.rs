@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
-use super::{read_body, Body, BodyError};
+use super::{read_body, Body, BodyError, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
@@ -128,41 +128,20 @@ impl VaultFront {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let request_id = crate::request_id::next();
         let started = Instant::now();
-        let mut log = LogLine::default();
+        let mut log = RequestLog::default();
         let response = match self.serve(req, &mut log).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
         let status = response.status().as_u16();
-        let micros = started.elapsed().as_micros() as u64;
-        if log.outcome == "allowed" {
-            tracing::debug!(
-                request_id,
-                identity = log.identity,
-                operation = log.operation,
-                outcome = log.outcome,
-                status,
-                micros,
-                "vault request"
-            );
-        } else {
-            tracing::info!(
-                request_id,
-                identity = log.identity,
-                operation = log.operation,
-                outcome = log.outcome,
-                status,
-                micros,
-                "vault request"
-            );
-        }
+        log.emit("vault", &request_id, status, started);
         response
     }
 
     async fn serve(
         &self,
         req: Request<Incoming>,
-        log: &mut LogLine,
+        log: &mut RequestLog,
     ) -> Result<Response<Body>, VaultError> {
         log.outcome = "rejected";
         let Some(backend) = &self.backend else {
@@ -268,7 +247,7 @@ impl VaultFront {
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {
-                log.outcome = refusal_label(&r);
+                log.outcome = r.label();
                 let status = if matches!(r, Refusal::TooManyPending { .. }) {
                     429
                 } else {
@@ -498,24 +477,6 @@ fn relay(
             tracing::warn!(error = %e, "upstream Vault unavailable");
             Err(verr(502, "keygate: upstream Vault unavailable; try again"))
         }
-    }
-}
-
-#[derive(Default)]
-struct LogLine {
-    identity: String,
-    operation: String,
-    outcome: &'static str,
-}
-
-fn refusal_label(r: &Refusal) -> &'static str {
-    match r {
-        Refusal::Policy { .. } => "denied",
-        Refusal::AwaitingApproval { .. } => "held",
-        Refusal::Rejected { .. } => "rejected",
-        Refusal::Expired { .. } => "expired",
-        Refusal::GrantUnavailable { .. } => "grant-unavailable",
-        Refusal::TooManyPending { .. } => "too-many-pending",
     }
 }
 
