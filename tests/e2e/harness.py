@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -636,6 +637,29 @@ class Keygate:
     def bao(self, *args: str, token: str = WORKLOAD_TOKEN) -> subprocess.CompletedProcess:
         """The bao CLI with BAO_ADDR/VAULT_ADDR pointed at keygate."""
         return bao_cli(self.endpoint, token, *args, home=self.workdir)
+
+
+def everything_keygate_shows(kg, show_ids: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every place a secret value could surface, by name: the admin API (audit
+    and requests in every state), the keygate CLI, keygate's log and the audit
+    table. Stops keygate, so that the log and the database are complete."""
+    outputs = {"audit": json.dumps(kg.admin.audit())}
+    for state in (None, "pending", "approved", "denied", "expired"):
+        listed = kg.admin.requests(state)
+        outputs[f"requests?state={state}"] = json.dumps(listed)
+        for request in listed:
+            outputs[f"request {request['id']}"] = json.dumps(kg.admin.request(request["id"]))
+    cli = kg.cli("requests", "list", "--json")
+    assert cli.returncode == 0, describe(cli)
+    outputs["cli list"] = cli.stdout + cli.stderr
+    for request_id in show_ids:
+        cli = kg.cli("requests", "show", request_id)
+        outputs[f"cli show {request_id}"] = cli.stdout + cli.stderr
+    kg.stop()
+    outputs["keygate log"] = kg.log_path.read_text(errors="replace")
+    with sqlite3.connect(kg.state_path) as db:
+        outputs["audit table"] = json.dumps(db.execute("SELECT * FROM audit").fetchall())
+    return outputs
 
 
 def run(argv: list[str], **kw) -> subprocess.CompletedProcess:

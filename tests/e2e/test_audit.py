@@ -3,11 +3,11 @@ secret values (as are the admin API and keygate's own log)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 from harness import (
+    everything_keygate_shows,
     DEMO_SECRET_IDS,
     OTHER_APP,
     PROD_DB,
@@ -142,21 +142,7 @@ def test_no_secret_value_in_admin_api_audit_or_logs(start_keygate):
         kg.admin.approve(kg.admin.wait_for_pending(resource=PROD_DB)["id"])
         waiting.result(timeout=30)
 
-    outputs = {"audit": json.dumps(kg.admin.audit())}
-    for state in (None, "pending", "approved", "denied", "expired"):
-        listed = kg.admin.requests(state)
-        outputs[f"requests?state={state}"] = json.dumps(listed)
-        for request in listed:
-            outputs[f"request {request['id']}"] = json.dumps(kg.admin.request(request["id"]))
-    cli = kg.cli("requests", "list", "--json")
-    assert cli.returncode == 0, describe(cli)
-    outputs["cli list"] = cli.stdout + cli.stderr
-    cli = kg.cli("requests", "show", bulk_id)
-    outputs["cli show"] = cli.stdout + cli.stderr
-    kg.stop()
-    outputs["keygate log"] = kg.log_path.read_text(errors="replace")
-    with sqlite3.connect(kg.state_path) as db:
-        outputs["audit table"] = json.dumps(db.execute("SELECT * FROM audit").fetchall())
+    outputs = everything_keygate_shows(kg, show_ids=(bulk_id,))
 
     leaks = [(where, m) for where, text in outputs.items() for m in markers if m in text]
     assert not leaks, f"secret values leaked: {leaks}"

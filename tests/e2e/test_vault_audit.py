@@ -4,11 +4,10 @@ path: not in the admin API, the audit log or keygate's own log."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import uuid
 
 from harness import (
+    everything_keygate_shows,
     VAULT_DEMO_DB,
     VAULT_KV_MOUNT,
     VAULT_PROD_DB,
@@ -113,19 +112,7 @@ def test_no_vault_secret_in_admin_api_audit_or_logs(start_vault_keygate, backgro
     vault.sys.unwrap(token=wrapped)
     markers += [token, wrapped]
 
-    outputs = {"audit": json.dumps(kg.admin.audit())}
-    for state in (None, "pending", "approved", "denied", "expired"):
-        listed = kg.admin.requests(state)
-        outputs[f"requests?state={state}"] = json.dumps(listed)
-        for request in listed:
-            outputs[f"request {request['id']}"] = json.dumps(kg.admin.request(request["id"]))
-    cli = kg.cli("requests", "list", "--json")
-    assert cli.returncode == 0, describe(cli)
-    outputs["cli list"] = cli.stdout + cli.stderr
-    kg.stop()
-    outputs["keygate log"] = kg.log_path.read_text(errors="replace")
-    with sqlite3.connect(kg.state_path) as db:
-        outputs["audit table"] = json.dumps(db.execute("SELECT * FROM audit").fetchall())
+    outputs = everything_keygate_shows(kg)
 
     leaks = [(where, m[:12]) for where, text in outputs.items() for m in markers if m in text]
     assert not leaks, f"secret values leaked: {leaks}"
