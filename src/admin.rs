@@ -76,9 +76,9 @@ impl From<HoldError> for ApiError {
                 api_error(403, "not_in_group", e.to_string())
             }
             HoldError::Review(R::Owner { .. }) => api_error(403, "owner", e.to_string()),
-            HoldError::TooManyPending { .. } | HoldError::Grant { .. } => {
-                api_error(409, "conflict", e.to_string())
-            }
+            HoldError::TooManyPending { .. }
+            | HoldError::Overloaded { .. }
+            | HoldError::Grant { .. } => api_error(409, "conflict", e.to_string()),
             HoldError::Store(_) => api_error(500, "store", e.to_string()),
         }
     }
@@ -387,6 +387,27 @@ pub fn view(r: &HeldRequest) -> Value {
         "expires_at": r.expires_at,
         "decided_at": r.decided_at,
     })
+}
+
+/// The server's own refusals (connection cap, time budget) in the admin
+/// API's error shape.
+pub fn reject(r: crate::server::Rejection) -> Response<Body> {
+    let (status, code, message) = match r {
+        crate::server::Rejection::OverCapacity => (
+            503,
+            "over_capacity",
+            "keygate: too many open connections; try again shortly",
+        ),
+        crate::server::Rejection::TimedOut => (
+            408,
+            "request_timeout",
+            "keygate: the request took longer than server.limits.request_timeout",
+        ),
+    };
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
 }
 
 fn json_response(status: u16, v: &Value) -> Response<Body> {

@@ -13,11 +13,13 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::broker::Broker;
 use crate::cache::ReadCache;
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{Config, Limits, UpstreamConfig};
 use crate::front::{self, aws::AwsFront, vault::VaultFront};
 use crate::holds::Holds;
+use crate::server::{Listener, Rejection};
 use crate::store::{sqlite::SqliteStore, Store, StoreError};
 use crate::timestamp::Timestamp;
+use crate::tls::{ReloadingTls, TlsError};
 use crate::upstream::vault::{DevVault, RemoteVault, VaultBackend};
 use crate::upstream::{
     aws::AwsUpstream, dev::DevStore, dev_kv::DevKv, SecretsUpstream, UpstreamError,
@@ -36,6 +38,8 @@ pub enum AppError {
     },
     #[error("Vault upstream: {0}")]
     Vault(#[source] UpstreamError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 pub struct App {
@@ -43,6 +47,9 @@ pub struct App {
     vault: VaultFront,
     admin: Admin,
     broker: Arc<Broker>,
+    workload_tls: Option<Arc<ReloadingTls>>,
+    admin_tls: Option<Arc<ReloadingTls>>,
+    limits: Limits,
 }
 
 /// Where the Vault front end sends requests: `[upstream.vault]`, else the dev
@@ -87,6 +94,7 @@ impl App {
         let holds = Holds::load(
             store.clone(),
             config.gate.max_pending_per_identity,
+            config.gate.max_pending_total,
             Timestamp::now(),
         )
         .await
@@ -108,6 +116,7 @@ impl App {
                 region,
                 endpoint,
                 timeout,
+                tls: _,
             } => Arc::new(AwsUpstream::new(region.clone(), endpoint.clone(), *timeout).await),
         };
         if matches!(config.upstream, UpstreamConfig::Dev) {
@@ -145,11 +154,17 @@ impl App {
             config.server.max_body_bytes,
         );
         let admin = Admin::new(config, broker.clone(), store);
+        let tls = |name, spec: &Option<crate::config::ListenerTls>| {
+            spec.clone().map(|s| ReloadingTls::new(name, s)).transpose()
+        };
         Ok(App {
             aws,
             vault,
             admin,
             broker,
+            workload_tls: tls("workload", &config.server.tls)?,
+            admin_tls: tls("admin", &config.server.admin_tls)?,
+            limits: config.server.limits.clone(),
         })
     }
 
@@ -179,25 +194,38 @@ impl App {
                 }
             })
         };
+        for tls in [&app.workload_tls, &app.admin_tls].into_iter().flatten() {
+            tokio::spawn(tls.clone().watch(stop_rx.clone()));
+        }
         let workload_app = app.clone();
         let workload_server = crate::server::serve(
-            "workload",
-            workload,
+            Listener {
+                name: "workload",
+                tcp: workload,
+                tls: app.workload_tls.clone(),
+                limits: app.limits.clone(),
+            },
             move |req| {
                 let app = workload_app.clone();
                 async move { front::route(&app.aws, &app.vault, req).await }
             },
+            front::reject,
             stop_rx.clone(),
             SHUTDOWN_GRACE,
         );
         let admin_app = app.clone();
         let admin_server = crate::server::serve(
-            "admin",
-            admin,
+            Listener {
+                name: "admin",
+                tcp: admin,
+                tls: app.admin_tls.clone(),
+                limits: app.limits.clone(),
+            },
             move |req| {
                 let app = admin_app.clone();
                 async move { app.admin.handle(req).await }
             },
+            |rejection: Rejection, _: &http::Uri| crate::admin::reject(rejection),
             stop_rx,
             SHUTDOWN_GRACE,
         );
@@ -206,6 +234,15 @@ impl App {
         });
         shutdown.await;
         tracing::info!("shutting down");
+        // Answer clients waiting on approvals first (they stay pending in the
+        // store), so the listeners' graceful shutdown has nothing to wait for.
+        let answered = app.broker.holds().shut_down();
+        if answered > 0 {
+            tracing::info!(
+                waiting = answered,
+                "told waiting clients keygate is shutting down"
+            );
+        }
         let _ = stop_tx.send(true);
         let _ = servers.await;
         let _ = sweeper.await;

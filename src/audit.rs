@@ -83,6 +83,12 @@ pub struct AuditEvent {
     pub rule: Option<String>,
     /// A reason, comment or note. Never a secret value.
     pub detail: Option<String>,
+    /// The client's address (after trusted proxies), for workload requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The client certificate's name, when mTLS proved the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 impl AuditEvent {
@@ -98,6 +104,8 @@ impl AuditEvent {
             resources: Vec::new(),
             rule: None,
             detail: None,
+            client: None,
+            certificate: None,
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct AccessRequest {
     pub justification: Option<String>,
     /// What a certificate or token request asks for (empty otherwise).
     pub facts: policy::Facts,
+    /// Where the request came from, for the audit record.
+    pub client: Option<std::net::IpAddr>,
+    /// The client certificate's name, when mTLS proved the identity.
+    pub certificate: Option<String>,
 }
 
 /// A request's parameters for approvers. Redacting costs a copy of the body,
@@ -110,6 +114,12 @@ pub enum Refusal {
     TooManyPending {
         limit: usize,
     },
+    /// `gate.max_pending_total` is reached: nothing new can be held.
+    Overloaded,
+    /// keygate is stopping while the client waited; the request stays pending.
+    ShuttingDown {
+        id: String,
+    },
 }
 
 impl Refusal {
@@ -122,6 +132,8 @@ impl Refusal {
             Refusal::Expired { .. } => "expired",
             Refusal::GrantUnavailable { .. } => "grant-unavailable",
             Refusal::TooManyPending { .. } => "too-many-pending",
+            Refusal::Overloaded => "overloaded",
+            Refusal::ShuttingDown { .. } => "shutting-down",
         }
     }
 
@@ -151,6 +163,13 @@ impl Refusal {
             Refusal::TooManyPending { limit } => format!(
                 "keygate: this identity already has {limit} requests awaiting approval; \
                  wait for decisions before asking again"
+            ),
+            Refusal::Overloaded => "keygate: too many requests are awaiting approval; \
+                                    try again later"
+                .to_string(),
+            Refusal::ShuttingDown { id } => format!(
+                "keygate: shutting down; request {id} stays pending and can be approved; \
+                 retry the same request after keygate is back"
             ),
         }
     }
@@ -296,6 +315,13 @@ impl Broker {
                 self.store.commit(Commit::event(e)).await?;
                 return Ok(Admission::Refused(Refusal::TooManyPending { limit }));
             }
+            Err(HoldError::Overloaded { limit }) => {
+                let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
+                e.rule = Some(rule);
+                e.detail = Some(format!("global pending request limit ({limit}) reached"));
+                self.store.commit(Commit::event(e)).await?;
+                return Ok(Admission::Refused(Refusal::Overloaded));
+            }
             Err(HoldError::Store(e)) => return Err(e.into()),
             Err(other) => {
                 return Ok(Admission::Refused(Refusal::Policy {
@@ -321,7 +347,10 @@ impl Broker {
             }
             Admit::Waiting { id, rx } => (id, rx),
         };
-        match Holds::wait(rx, spec.hold_window).await {
+        // The approval wait does not spend the request's time budget.
+        let waited = crate::server::budget::paused(self.holds.wait(rx, spec.hold_window)).await;
+        match waited {
+            Outcome::ShuttingDown => Ok(Admission::Refused(Refusal::ShuttingDown { id })),
             Outcome::Pending => Ok(Admission::Refused(Refusal::AwaitingApproval {
                 id,
                 rule,
@@ -390,6 +419,8 @@ impl Broker {
         e.front = Some(req.front);
         e.operation = Some(req.operation.clone());
         e.resources = req.resources.clone();
+        e.client = req.client.map(|ip| ip.to_string());
+        e.certificate = req.certificate.clone();
         e
     }
 

@@ -24,6 +24,9 @@ use crate::policy::{
 };
 use crate::secret::SecretString;
 
+mod transport;
+pub use transport::{ClientAuth, IpNet, Limits, ListenerTls, UpstreamTls};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -101,6 +104,7 @@ pub struct VaultUpstreamConfig {
     pub address: String,
     pub auth: VaultAuth,
     pub timeout: Duration,
+    pub tls: UpstreamTls,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +124,11 @@ pub struct ServerConfig {
     pub region: String,
     pub state: PathBuf,
     pub max_body_bytes: usize,
+    /// TLS on the workload listener; `None` is plain HTTP.
+    pub tls: Option<ListenerTls>,
+    /// TLS on the admin listener; required off loopback.
+    pub admin_tls: Option<ListenerTls>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +152,7 @@ pub enum UpstreamConfig {
         region: Option<String>,
         endpoint: Option<String>,
         timeout: Duration,
+        tls: UpstreamTls,
     },
 }
 
@@ -155,6 +165,8 @@ pub struct CacheConfig {
 #[derive(Debug, Clone)]
 pub struct GateConfig {
     pub max_pending_per_identity: usize,
+    /// Held requests across all identities; past it, new holds get a 503.
+    pub max_pending_total: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +177,9 @@ pub struct Identity {
     pub owner: Option<String>,
     pub aws: Option<AwsKey>,
     pub vault_token: Option<SecretString>,
+    /// Client-certificate names (SPIFFE ID, DNS name or CN; exact or glob)
+    /// that authenticate as this identity over mTLS.
+    pub certificates: Vec<Glob>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +264,10 @@ struct RawServer {
     state: PathBuf,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
+    tls: Option<transport::RawListenerTls>,
+    admin_tls: Option<transport::RawListenerTls>,
+    #[serde(default)]
+    limits: transport::RawLimits,
 }
 
 fn default_region() -> String {
@@ -275,6 +294,7 @@ struct RawUpstream {
     endpoint: Option<String>,
     timeout: Option<String>,
     vault: Option<RawVaultUpstream>,
+    tls: Option<transport::RawUpstreamTls>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +306,7 @@ struct RawVaultUpstream {
     approle_role_id: Option<String>,
     approle_secret_id: Option<String>,
     timeout: Option<String>,
+    tls: Option<transport::RawUpstreamTls>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,6 +330,7 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawGate {
     max_pending_per_identity: Option<usize>,
+    max_pending_total: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +343,8 @@ struct RawIdentity {
     aws_access_key_id: Option<String>,
     aws_secret_access_key: Option<String>,
     vault_token: Option<String>,
+    #[serde(default)]
+    certificates: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -454,12 +478,27 @@ pub fn resolve_secret(key: &str, value: &str) -> Result<SecretString, ConfigErro
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
+        let tls = self
+            .server
+            .tls
+            .map(|t| transport::validate_listener_tls("server.tls", t))
+            .transpose()?;
+        let admin_tls = self
+            .server
+            .admin_tls
+            .map(|t| transport::validate_listener_tls("server.admin_tls", t))
+            .transpose()?;
+        let admin_listen = socket_addr("server.admin_listen", &self.server.admin_listen)?;
+        transport::check_admin_exposure(admin_listen, admin_tls.as_ref())?;
         let server = ServerConfig {
             listen: socket_addr("server.listen", &self.server.listen)?,
-            admin_listen: socket_addr("server.admin_listen", &self.server.admin_listen)?,
+            admin_listen,
             region: non_empty("server.region", self.server.region)?,
             state: self.server.state,
             max_body_bytes: self.server.max_body_bytes,
+            tls,
+            admin_tls,
+            limits: transport::validate_limits(self.server.limits)?,
         };
         let log = LogConfig {
             format: match self.log.format.as_deref() {
@@ -487,6 +526,9 @@ impl RawConfig {
                         ));
                     }
                 }
+                if self.upstream.tls.is_some() {
+                    return Err(invalid("upstream.tls", "only applies to kind = \"aws\""));
+                }
                 UpstreamConfig::Dev
             }
             Some("aws") => UpstreamConfig::Aws {
@@ -495,6 +537,10 @@ impl RawConfig {
                 timeout: match &self.upstream.timeout {
                     Some(t) => duration("upstream.timeout", t)?,
                     None => Duration::from_secs(10),
+                },
+                tls: match self.upstream.tls {
+                    Some(t) => transport::validate_upstream_tls("upstream.tls", t)?,
+                    None => UpstreamTls::default(),
                 },
             },
             Some(other) => {
@@ -522,7 +568,27 @@ impl RawConfig {
                 Some(n) => n,
                 None => 20,
             },
+            max_pending_total: match self.gate.max_pending_total {
+                Some(0) => {
+                    return Err(invalid(
+                        "gate.max_pending_total",
+                        "0 would refuse every hold; use at least 1",
+                    ))
+                }
+                Some(n) => n,
+                None => 10_000,
+            },
         };
+        if gate.max_pending_total > server.limits.max_connections {
+            return Err(invalid(
+                "gate.max_pending_total",
+                format!(
+                    "{} held requests need as many open connections, but \
+                     server.limits.max_connections is {}",
+                    gate.max_pending_total, server.limits.max_connections
+                ),
+            ));
+        }
         let approvers = validate_approvers(self.approvers)?;
         let identities = validate_identities(self.identities, &approvers)?;
         let dev_secrets = validate_dev_secrets(self.dev_store.secrets, &upstream)?;
@@ -532,6 +598,15 @@ impl RawConfig {
             .map(validate_vault_upstream)
             .transpose()?;
         let vault = validate_vault(self.vault, vault_upstream)?;
+        if vault.passthrough && server.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            // A pass-through token names a Vault entity keygate cannot relate
+            // to a certificate identity, so "both must agree" has no meaning.
+            return Err(invalid(
+                "vault.passthrough",
+                "cannot be combined with client certificates on the workload listener \
+                 (server.tls.client_ca); use broker mode for mTLS workloads",
+            ));
+        }
         let dev_kv = validate_dev_kv(self.dev_store.kv, &vault, &upstream)?;
         let policy = validate_policy(self.policy, &approvers)?;
         let audit = match self.audit.mode.as_deref() {
@@ -633,6 +708,7 @@ fn validate_identities(
     let mut names = HashSet::new();
     let mut key_ids = HashSet::new();
     let mut tokens = HashSet::new();
+    let mut cert_names = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let key = format!("identities[{i}]");
@@ -716,12 +792,31 @@ fn validate_identities(
             }
             None => None,
         };
+        let mut certificates = Vec::with_capacity(r.certificates.len());
+        for (j, c) in r.certificates.iter().enumerate() {
+            let ckey = format!("{key}.certificates[{j}]");
+            let c = non_empty(&ckey, c.clone())?;
+            if c == "*" {
+                return Err(invalid(
+                    ckey,
+                    "\"*\" would make every client certificate this identity; name a trust domain or host",
+                ));
+            }
+            if !c.contains(['*', '?']) && !cert_names.insert(c.clone()) {
+                return Err(invalid(
+                    ckey,
+                    format!("{c:?} is mapped to another identity too"),
+                ));
+            }
+            certificates.push(Glob::new(&c));
+        }
         out.push(Identity {
             name,
             groups: r.groups,
             owner: r.owner,
             aws,
             vault_token,
+            certificates,
         });
     }
     Ok(out)
@@ -785,6 +880,10 @@ fn validate_vault_upstream(raw: RawVaultUpstream) -> Result<VaultUpstreamConfig,
         timeout: match &raw.timeout {
             Some(t) => duration("upstream.vault.timeout", t)?,
             None => Duration::from_secs(10),
+        },
+        tls: match raw.tls {
+            Some(t) => transport::validate_upstream_tls("upstream.vault.tls", t)?,
+            None => UpstreamTls::default(),
         },
     })
 }

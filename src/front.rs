@@ -5,10 +5,16 @@
 pub mod aws;
 pub mod vault;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+
+use crate::config::Identity;
+use crate::server::Rejection;
+use crate::tls::peer::{CertIdentities, CertMatch, Peer};
 
 pub type Body = Full<Bytes>;
 
@@ -43,6 +49,76 @@ pub async fn route(
         return vault.handle(req).await;
     }
     aws.handle(req).await
+}
+
+/// The server's own refusals, in the wire format of the front end the
+/// request was for.
+pub fn reject(rejection: Rejection, uri: &http::Uri) -> Response<Body> {
+    let (status, message) = match rejection {
+        Rejection::OverCapacity => (503, "keygate: too many open connections; try again shortly"),
+        Rejection::TimedOut => (
+            408,
+            "keygate: the request took longer than server.limits.request_timeout",
+        ),
+    };
+    if uri.path().starts_with("/v1/") {
+        return vault::error(status, message);
+    }
+    let error_type = match rejection {
+        Rejection::OverCapacity => "ServiceUnavailable",
+        Rejection::TimedOut => "RequestTimeout",
+    };
+    aws::error_response(&crate::upstream::ServiceError::new(
+        status, error_type, message,
+    ))
+}
+
+/// What the connection's client certificate says about the caller.
+pub enum CertCaller<'a> {
+    /// No client certificate on this connection.
+    Absent,
+    /// The certificate maps to this identity.
+    Identity(&'a Arc<Identity>),
+    /// A certificate was presented but names no single identity: refuse.
+    Refused(String),
+}
+
+/// Map the request's client certificate (if any) to an identity.
+pub fn cert_caller<'a>(ext: &http::Extensions, certs: &'a CertIdentities) -> CertCaller<'a> {
+    let Some(peer) = ext.get::<Peer>() else {
+        return CertCaller::Absent;
+    };
+    match &peer.cert {
+        None => CertCaller::Absent,
+        Some(Err(why)) => CertCaller::Refused(format!("keygate: {why}")),
+        Some(Ok(name)) => match certs.lookup(&name.name) {
+            CertMatch::Identity(i) => CertCaller::Identity(i),
+            CertMatch::Unknown => CertCaller::Refused(format!(
+                "keygate: the client certificate {:?} is not mapped to a keygate identity \
+                 (identities[].certificates)",
+                name.name
+            )),
+            CertMatch::Ambiguous(names) => CertCaller::Refused(format!(
+                "keygate: the client certificate {:?} matches several identities ({}); \
+                 make the certificates patterns distinct",
+                name.name,
+                names.join(", ")
+            )),
+        },
+    }
+}
+
+/// The certificate name to record, when the identity was proven by one.
+pub fn cert_name(ext: &http::Extensions) -> Option<String> {
+    match &ext.get::<Peer>()?.cert {
+        Some(Ok(name)) => Some(name.name.clone()),
+        _ => None,
+    }
+}
+
+/// The client's address as the server worked it out (trusted proxies applied).
+pub fn client_ip(ext: &http::Extensions) -> Option<std::net::IpAddr> {
+    ext.get::<Peer>().map(|p| p.client)
 }
 
 /// What one workload request did, for its log line. Routine allowed requests

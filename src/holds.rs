@@ -29,6 +29,9 @@ pub enum Outcome {
     Approved,
     Denied(Denial),
     Expired,
+    /// Not a state: keygate is stopping, so the waiter is answered now and
+    /// the request stays pending in the store.
+    ShuttingDown,
 }
 
 fn outcome_of(r: &HeldRequest) -> Outcome {
@@ -81,11 +84,16 @@ impl Live {
         }
     }
 
-    fn pending_for(&self, identity: &str) -> usize {
-        self.by_id
-            .values()
-            .filter(|e| e.request.state == State::Pending && e.request.subject.identity == identity)
-            .count()
+    /// Pending requests: (of `identity`, in all).
+    fn pending(&self, identity: &str) -> (usize, usize) {
+        let (mut mine, mut all) = (0, 0);
+        for e in self.by_id.values() {
+            if e.request.state == State::Pending {
+                all += 1;
+                mine += usize::from(e.request.subject.identity == identity);
+            }
+        }
+        (mine, all)
     }
 }
 
@@ -107,6 +115,8 @@ pub enum Admit {
 pub enum HoldError {
     #[error("{identity} already has {limit} requests awaiting approval")]
     TooManyPending { identity: String, limit: usize },
+    #[error("{limit} requests are awaiting approval in all (gate.max_pending_total)")]
+    Overloaded { limit: usize },
     #[error("no such request: {0}")]
     NotFound(String),
     #[error(transparent)]
@@ -130,6 +140,9 @@ pub struct Holds {
     store: Arc<dyn Store>,
     live: Mutex<Live>,
     max_pending_per_identity: usize,
+    max_pending_total: usize,
+    /// Flipped once at shutdown; every `wait` watches it.
+    closing: watch::Sender<bool>,
 }
 
 fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> AuditEvent {
@@ -148,6 +161,7 @@ impl Holds {
     pub async fn load(
         store: Arc<dyn Store>,
         max_pending_per_identity: usize,
+        max_pending_total: usize,
         now: Timestamp,
     ) -> Result<Holds, StoreError> {
         let mut live = Live::default();
@@ -160,6 +174,8 @@ impl Holds {
             store,
             live: Mutex::new(live),
             max_pending_per_identity,
+            max_pending_total,
+            closing: watch::channel(false).0,
         })
     }
 
@@ -224,10 +240,16 @@ impl Holds {
             }
         }
         let identity = subject.identity.clone();
-        if live.pending_for(&identity) >= self.max_pending_per_identity {
+        let (mine, all) = live.pending(&identity);
+        if mine >= self.max_pending_per_identity {
             return Err(HoldError::TooManyPending {
                 identity,
                 limit: self.max_pending_per_identity,
+            });
+        }
+        if all >= self.max_pending_total {
+            return Err(HoldError::Overloaded {
+                limit: self.max_pending_total,
             });
         }
         let request = HeldRequest::new(
@@ -252,14 +274,29 @@ impl Holds {
         Ok(Admit::Waiting { id, rx })
     }
 
-    /// Wait up to `window` for a decision on a request.
-    pub async fn wait(mut rx: watch::Receiver<Outcome>, window: Duration) -> Outcome {
-        let decided = tokio::time::timeout(window, rx.wait_for(|o| *o != Outcome::Pending)).await;
-        match decided {
-            Ok(Ok(o)) => o.clone(),
-            // Timed out, or the sender vanished (shutdown): still pending.
-            _ => Outcome::Pending,
+    /// Wait up to `window` for a decision on a request, or until shutdown.
+    pub async fn wait(&self, mut rx: watch::Receiver<Outcome>, window: Duration) -> Outcome {
+        let mut closing = self.closing.subscribe();
+        if *closing.borrow_and_update() {
+            return Outcome::ShuttingDown;
         }
+        let decided = rx.wait_for(|o| *o != Outcome::Pending);
+        tokio::select! {
+            d = tokio::time::timeout(window, decided) => match d {
+                Ok(Ok(o)) => o.clone(),
+                // Timed out, or the request left the live index: still pending.
+                _ => Outcome::Pending,
+            },
+            _ = closing.changed() => Outcome::ShuttingDown,
+        }
+    }
+
+    /// Answer every waiting client with `ShuttingDown` (their requests stay
+    /// pending in the store). Returns how many clients were waiting.
+    pub fn shut_down(&self) -> usize {
+        let waiting = self.closing.receiver_count();
+        self.closing.send_replace(true);
+        waiting
     }
 
     /// A waiting client whose request was approved uses the grant.
@@ -466,7 +503,7 @@ mod tests {
 
     async fn holds(path: &std::path::Path, cap: usize) -> Holds {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path).expect("open"));
-        Holds::load(store, cap, t(0)).await.expect("load")
+        Holds::load(store, cap, 1000, t(0)).await.expect("load")
     }
 
     fn waiting(a: Admit) -> (String, watch::Receiver<Outcome>) {

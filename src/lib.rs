@@ -1,7 +1,7 @@
 //! keygate: a secrets-broker proxy with a human approval gate.
 //!
-//! Workloads point unmodified AWS Secrets Manager clients at keygate (Vault
-//! clients come next). Each request is authenticated, described as an
+//! Workloads point unmodified AWS Secrets Manager and Vault clients at
+//! keygate. Each request is authenticated, described as an
 //! `AccessRequest`, and decided by the policy: routine reads pass straight
 //! through (with caching), exceptional ones are held until an approver acts
 //! through the admin API, and everything is audited in a hash chain.
@@ -14,9 +14,12 @@
 //! - [`store`]: durable state (SQLite), behind a trait.
 //! - [`holds`]: held requests at runtime: waiters, persistence, expiry.
 //! - [`broker`]: the data path every front end shares.
-//! - [`front`]: wire protocols (AWS Secrets Manager).
-//! - [`upstream`]: secret stores (AWS SDK, embedded dev store).
-//! - [`cache`], [`admin`], [`admin_client`], [`server`], [`app`].
+//! - [`front`]: wire protocols (AWS Secrets Manager, Vault).
+//! - [`upstream`]: secret stores (AWS SDK, Vault, embedded dev store).
+//! - [`tls`]: listener TLS, certificate reload, client-certificate names.
+//! - [`server`]: listeners, limits and time budgets; [`hardening`]: process
+//!   protections (core dumps).
+//! - [`cache`], [`admin`], [`admin_client`], [`app`].
 
 pub mod admin;
 pub mod admin_client;
@@ -28,6 +31,7 @@ pub mod config;
 pub mod front;
 pub mod gate;
 pub mod glob;
+pub mod hardening;
 pub mod holds;
 pub mod policy;
 pub mod request_id;
@@ -35,4 +39,5 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod timestamp;
+pub mod tls;
 pub mod upstream;

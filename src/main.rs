@@ -186,6 +186,10 @@ async fn serve(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&config);
+    for failed in keygate::hardening::protect_process() {
+        tracing::warn!(%failed, "could not apply a process protection; secrets could reach a core dump");
+    }
+    keygate::tls::install_default_provider();
     // Everything that can fail on config or state happens before any port is bound.
     let app = match keygate::app::App::build(&config).await {
         Ok(a) => a,
@@ -212,7 +216,9 @@ async fn serve(path: &Path) -> ExitCode {
     };
     tracing::info!(
         workload = %config.server.listen,
+        workload_tls = config.server.tls.is_some(),
         admin = %config.server.admin_listen,
+        admin_tls = config.server.admin_tls.is_some(),
         region = %config.server.region,
         "keygate listening"
     );

@@ -3,7 +3,10 @@
 //!
 //! `SecretString` and `SecretBytes` redact themselves in `Debug` and have no
 //! `Display`, so `tracing` fields and `format!` cannot leak them by accident;
-//! reading the value takes an explicit `expose()`.
+//! reading the value takes an explicit `expose()`. A `SecretString` wipes
+//! its buffer when dropped. `SecretBytes` shares its buffer (a refcounted
+//! `Bytes` that hyper and the cache also hold), so it cannot be wiped in
+//! place; it lives only as long as a cache entry or a response.
 
 use std::fmt;
 
@@ -17,6 +20,12 @@ impl SecretString {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -1,45 +1,86 @@
-//! Serving one listener: accept, HTTP/1.1 or HTTP/2 per connection, a header
-//! read timeout against slowloris, and graceful shutdown with a deadline.
+//! Serving one listener: accept, TLS (optional, with client certificates),
+//! HTTP/1.1 or HTTP/2 per connection, and the listener limits: a connection
+//! cap answered natively, a TLS handshake timeout, a header read timeout
+//! (slowloris), an idle timeout, a per-request time budget that pauses while
+//! a request waits for approval, and graceful shutdown with a deadline.
+//!
+//! Every request gets a `tls::peer::Peer` in its extensions, so front ends
+//! can see the socket address and the client certificate's name.
+
+pub mod budget;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
 
+use crate::config::Limits;
 use crate::front::Body;
+use crate::tls::peer::{self, Peer};
+use crate::tls::ReloadingTls;
 
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+use budget::Budget;
 
-/// Serve `listener` with `handler` until `shutdown` flips, then give open
-/// connections up to `grace` to finish.
-pub async fn serve<H, F>(
-    name: &'static str,
-    listener: TcpListener,
+/// Connections past `max_connections` are still answered (one 503, then
+/// closed) up to this many more; beyond that they are closed unanswered, so
+/// a flood cannot exhaust file descriptors.
+const OVERFLOW_ANSWERED: usize = 256;
+
+/// A bound socket and how to serve it.
+pub struct Listener {
+    pub name: &'static str,
+    pub tcp: TcpListener,
+    pub tls: Option<Arc<ReloadingTls>>,
+    pub limits: Limits,
+}
+
+/// Answers the server gives without consulting the handler, in the
+/// listener's own wire format (rendered by the `reject` callback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The listener is at `max_connections`.
+    OverCapacity,
+    /// The request used up `request_timeout` (approval waits excluded).
+    TimedOut,
+}
+
+/// Serve `listener` until `shutdown` flips, then give open connections up to
+/// `grace` to finish. `reject` renders the server's own refusals.
+pub async fn serve<H, F, R>(
+    listener: Listener,
     handler: H,
+    reject: R,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
+    R: Fn(Rejection, &http::Uri) -> Response<Body> + Clone + Send + Sync + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let Listener {
+        name,
+        tcp,
+        tls,
+        limits,
+    } = listener;
+    let limits = Arc::new(limits);
+    let builder = Arc::new(connection_builder(&limits));
+    let conns = Arc::new(Connections::default());
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+            accepted = tcp.accept() => {
+                let (stream, remote) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and similar: back off, keep serving.
@@ -48,26 +89,320 @@ pub async fn serve<H, F>(
                         continue;
                     }
                 };
+                let guard = conns.open();
+                if guard.count > limits.max_connections + OVERFLOW_ANSWERED {
+                    continue; // dropping the stream closes it
+                }
+                let over_capacity = guard.count > limits.max_connections;
+                if over_capacity {
+                    tracing::warn!(listener = name, limit = limits.max_connections, "connection cap reached; answering 503");
+                }
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let conn = Connection {
+                    name,
+                    remote,
+                    over_capacity,
+                    limits: limits.clone(),
+                    builder: builder.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                let (handler, reject, tls) = (handler.clone(), reject.clone(), tls.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(listener = name, error = %e, "connection ended with an error");
-                    }
+                    conn.run(stream, tls, handler, reject).await;
+                    drop(guard);
                 });
             }
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
+    drop(tcp);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = name, "all connections closed"),
+        _ = conns.all_closed() => tracing::info!(listener = name, "all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(listener = name, "shutdown deadline passed; closing remaining connections"),
+    }
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper also times the wait for the next request on a keep-alive
+        // connection with this, so it bounds HTTP/1 idle time too.
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Counts open connections; `all_closed` resolves when none are left.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+struct ConnectionGuard {
+    conns: Arc<Connections>,
+    /// Open connections including this one, when it was accepted.
+    count: usize,
+}
+
+impl Connections {
+    fn open(self: &Arc<Self>) -> ConnectionGuard {
+        let count = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        ConnectionGuard {
+            conns: self.clone(),
+            count,
+        }
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.conns.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conns.closed.notify_waiters();
+        }
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    name: &'static str,
+    remote: SocketAddr,
+    over_capacity: bool,
+    limits: Arc<Limits>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run<H, F, R>(
+        self,
+        stream: TcpStream,
+        tls: Option<Arc<ReloadingTls>>,
+        handler: H,
+        reject: R,
+    ) where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+        R: Fn(Rejection, &http::Uri) -> Response<Body> + Clone + Send + Sync + 'static,
+    {
+        let Some(tls) = tls else {
+            let peer = self.peer(None);
+            return self
+                .drive(TokioIo::new(stream), peer, handler, reject)
+                .await;
+        };
+        let handshake = tls.acceptor().accept(stream);
+        let stream = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                // Wrong CA, expired or missing client certificate, bad
+                // protocol version: the client sees the TLS alert.
+                tracing::info!(listener = self.name, remote = %self.remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(listener = self.name, remote = %self.remote, "TLS handshake timed out");
+                return;
+            }
+        };
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| peer::certificate_name(leaf.as_ref()).map(Arc::new));
+        let peer = self.peer(cert);
+        self.drive(TokioIo::new(stream), peer, handler, reject)
+            .await
+    }
+
+    fn peer(&self, cert: Option<Result<Arc<peer::CertName>, String>>) -> Peer {
+        Peer {
+            remote: self.remote,
+            client: self.remote.ip(),
+            cert,
+            over_capacity: self.over_capacity,
+        }
+    }
+
+    async fn drive<I, H, F, R>(mut self, io: TokioIo<I>, peer: Peer, handler: H, reject: R)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+        R: Fn(Rejection, &http::Uri) -> Response<Body> + Clone + Send + Sync + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let over_capacity = self.over_capacity;
+        let request_timeout = self.limits.request_timeout;
+        let limits = self.limits.clone();
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |mut req: Request<Incoming>| {
+                let in_flight = activity.begin();
+                let mut peer = peer.clone();
+                if !limits.trusted_proxies.is_empty() {
+                    let xff = req
+                        .headers()
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok());
+                    peer.client = peer.client_ip(xff, &limits.trusted_proxies);
+                }
+                req.extensions_mut().insert(peer);
+                let (handler, reject) = (handler.clone(), reject.clone());
+                async move {
+                    let _in_flight = in_flight;
+                    if over_capacity {
+                        let mut resp = reject(Rejection::OverCapacity, req.uri());
+                        if req.version() < http::Version::HTTP_2 {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        return Ok::<_, Infallible>(resp);
+                    }
+                    let uri = req.uri().clone();
+                    let budget = Budget::new(request_timeout);
+                    let fut = budget.clone().scope(handler(req));
+                    Ok(within_budget(fut, &budget, || reject(Rejection::TimedOut, &uri)).await)
+                }
+            })
+        };
+        let conn = self.builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut closing = *self.shutdown.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        let idle_timeout = self.limits.idle_timeout;
+        loop {
+            let idle_at = activity.idle_deadline(idle_timeout);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.shutdown.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = activity.finished.notified(), if over_capacity && !closing => {
+                    // One native 503 answered: close (HTTP/2 gets a GOAWAY).
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(idle_at.into()), if !closing => {
+                    if activity.is_idle_for(idle_timeout) {
+                        tracing::debug!(listener = self.name, remote = %self.remote, "closing idle connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one finished.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when the connection last became idle.
+    idle_since_ms: AtomicU64,
+    finished: Notify,
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            finished: Notify::new(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        self.started
+            + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+            + idle_timeout
+    }
+
+    fn is_idle_for(&self, idle_timeout: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && Instant::now() >= self.idle_deadline(idle_timeout)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since_ms
+            .store(a.started.elapsed().as_millis() as u64, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // notify_one keeps a permit if the connection loop is between polls.
+        a.finished.notify_one();
+    }
+}
+
+/// Drive `fut` to completion unless the budget runs out first. While the
+/// budget is paused (an approval wait) no deadline applies.
+async fn within_budget<F, T>(fut: F, budget: &Budget, on_timeout: T) -> Response<Body>
+where
+    F: Future<Output = Response<Body>>,
+    T: FnOnce() -> Response<Body>,
+{
+    tokio::pin!(fut);
+    loop {
+        if budget.is_paused() {
+            let resumed = budget.resumed();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if budget.is_paused() {
+                tokio::select! {
+                    r = &mut fut => return r,
+                    _ = resumed => continue,
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep_until(budget.deadline().into()) => {
+                if !budget.is_paused() && Instant::now() >= budget.deadline() {
+                    return on_timeout();
+                }
+            }
+        }
     }
 }

@@ -18,13 +18,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::Value;
 
-use super::{read_body, Body, BodyError, RequestLog};
+use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::Identity;
 use crate::policy::Front;
 use crate::secret::SecretBytes;
 use crate::timestamp::Timestamp;
+use crate::tls::peer::CertIdentities;
 use crate::upstream::{SecretsUpstream, ServiceError, UpstreamError};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -35,6 +36,8 @@ pub struct AwsFront {
     region: String,
     /// Access key id -> identity.
     keys: HashMap<String, Arc<Identity>>,
+    /// Client-certificate names -> identity (mTLS).
+    certs: CertIdentities,
     broker: Arc<Broker>,
     upstream: Arc<dyn SecretsUpstream>,
     cache: ReadCache,
@@ -60,6 +63,7 @@ impl AwsFront {
         AwsFront {
             region,
             keys,
+            certs: CertIdentities::new(identities),
             broker,
             upstream,
             cache,
@@ -173,6 +177,8 @@ impl AwsFront {
             digest_material: material.clone(),
             justification,
             facts: crate::policy::Facts::default(),
+            client: super::client_ip(&parts.extensions),
+            certificate: super::cert_name(&parts.extensions),
         };
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
@@ -233,7 +239,49 @@ impl AwsFront {
         }
     }
 
+    /// The caller's identity, from a client certificate, SigV4, or both.
+    ///
+    /// With a certificate: a SigV4 signature by a keygate-issued key is still
+    /// verified and must name the same identity; a signature by a key keygate
+    /// never issued (SDKs insist on some credentials) or none at all leaves
+    /// the certificate as the only proof.
     fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Result<&Arc<Identity>, ServiceError> {
+        let by_cert = match cert_caller(&parts.extensions, &self.certs) {
+            CertCaller::Absent => return self.authenticate_sigv4(parts, body),
+            CertCaller::Refused(why) => {
+                return Err(ServiceError::new(403, "AccessDeniedException", why))
+            }
+            CertCaller::Identity(identity) => identity,
+        };
+        let issued_key = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| sigv4::parse_authorization(h).ok())
+            .is_some_and(|auth| self.keys.contains_key(auth.access_key_id));
+        if !issued_key {
+            return Ok(by_cert);
+        }
+        let by_signature = self.authenticate_sigv4(parts, body)?;
+        if by_signature.name != by_cert.name {
+            return Err(ServiceError::new(
+                403,
+                "AccessDeniedException",
+                format!(
+                    "keygate: the client certificate identifies {:?} but the signing key \
+                     belongs to {:?}; both must name the same identity",
+                    by_cert.name, by_signature.name
+                ),
+            ));
+        }
+        Ok(by_cert)
+    }
+
+    fn authenticate_sigv4(
         &self,
         parts: &http::request::Parts,
         body: &[u8],
@@ -308,7 +356,10 @@ fn sig_error(e: sigv4::SigError) -> ServiceError {
 fn refusal_error(r: &Refusal) -> ServiceError {
     match r {
         Refusal::TooManyPending { .. } => {
-            ServiceError::new(400, "LimitExceededException", r.message())
+            ServiceError::new(429, "ThrottlingException", r.message())
+        }
+        Refusal::Overloaded | Refusal::ShuttingDown { .. } => {
+            ServiceError::new(503, "ServiceUnavailable", r.message())
         }
         _ => ServiceError::new(400, "AccessDeniedException", r.message()),
     }

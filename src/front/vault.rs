@@ -20,13 +20,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
-use super::{read_body, Body, BodyError, RequestLog};
+use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
 use crate::front::aws::JUSTIFICATION_HEADER;
 use crate::policy::{Front, OpClass};
 use crate::secret::SecretBytes;
+use crate::tls::peer::CertIdentities;
 use crate::upstream::vault::{CallAs, LookupError, VaultBackend, VaultCall};
 use crate::upstream::UpstreamError;
 
@@ -83,6 +84,8 @@ pub struct VaultFront {
     /// SHA-256 of each keygate-issued token -> identity. Looking up by hash
     /// means the token itself is never compared byte by byte.
     tokens: HashMap<[u8; 32], Arc<Identity>>,
+    /// Client-certificate names -> identity (mTLS).
+    certs: CertIdentities,
     config: VaultConfig,
     broker: Arc<Broker>,
     backend: Option<Arc<dyn VaultBackend>>,
@@ -116,6 +119,7 @@ impl VaultFront {
         });
         VaultFront {
             tokens,
+            certs: CertIdentities::new(identities),
             config,
             broker,
             backend,
@@ -181,8 +185,10 @@ impl VaultFront {
             .map(str::trim)
             .filter(|t| !t.is_empty());
 
-        let token = token.ok_or_else(permission_denied)?;
-        let caller = match self.identify(backend.as_ref(), token).await {
+        let caller = match self
+            .authenticate(&parts.extensions, backend.as_ref(), token)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 log.outcome = "unauthenticated";
@@ -243,15 +249,17 @@ impl VaultFront {
             ),
             justification: header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect()),
             facts: classified.facts.clone(),
+            client: super::client_ip(&parts.extensions),
+            certificate: super::cert_name(&parts.extensions),
         };
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {
                 log.outcome = r.label();
-                let status = if matches!(r, Refusal::TooManyPending { .. }) {
-                    429
-                } else {
-                    403
+                let status = match r {
+                    Refusal::TooManyPending { .. } => 429,
+                    Refusal::Overloaded | Refusal::ShuttingDown { .. } => 503,
+                    _ => 403,
                 };
                 return Err(verr(status, r.message()));
             }
@@ -280,7 +288,8 @@ impl VaultFront {
         }
         let as_ = match &caller {
             Caller::Broker(_) => CallAs::Keygate,
-            Caller::Passthrough(_) => CallAs::Workload(token),
+            // A pass-through caller was identified by its token, so one is here.
+            Caller::Passthrough(_) => CallAs::Workload(token.ok_or_else(permission_denied)?),
         };
         let call = VaultCall {
             method: &method,
@@ -313,6 +322,38 @@ impl VaultFront {
             self.cache.invalidate_all();
         }
         relay(Ok(reply))
+    }
+
+    /// The caller, from a client certificate, a token, or both. With a
+    /// certificate and no token the certificate alone authenticates; with
+    /// both, they must name the same identity.
+    async fn authenticate(
+        &self,
+        ext: &http::Extensions,
+        backend: &dyn VaultBackend,
+        token: Option<&str>,
+    ) -> Result<Caller, VaultError> {
+        match (cert_caller(ext, &self.certs), token) {
+            (CertCaller::Absent, Some(token)) => self.identify(backend, token).await,
+            (CertCaller::Absent, None) => Err(permission_denied()),
+            (CertCaller::Refused(why), _) => Err(verr(403, why)),
+            (CertCaller::Identity(identity), None) => Ok(Caller::Broker(identity.clone())),
+            (CertCaller::Identity(identity), Some(token)) => {
+                let by_token = self.identify(backend, token).await?;
+                if by_token.name() != identity.name {
+                    return Err(verr(
+                        403,
+                        format!(
+                            "keygate: the client certificate identifies {:?} but the token \
+                             belongs to {:?}; both must name the same identity",
+                            identity.name,
+                            by_token.name()
+                        ),
+                    ));
+                }
+                Ok(by_token)
+            }
+        }
     }
 
     async fn identify(
@@ -490,6 +531,11 @@ fn json_ok(body: Bytes) -> Response<Body> {
 
 /// The single place Vault-style errors are rendered. A 404 with no message
 /// is Vault's `{"errors": []}`.
+/// A Vault-shaped error for the server's own refusals.
+pub fn error(status: u16, message: &str) -> Response<Body> {
+    error_response(&verr(status, message))
+}
+
 fn error_response(e: &VaultError) -> Response<Body> {
     let errors: Vec<&str> = if e.message.is_empty() {
         vec![]

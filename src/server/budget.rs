@@ -1,0 +1,93 @@
+//! A request's time budget (`server.limits.request_timeout`) that stops
+//! running while the request waits for a human: a held request may wait for
+//! its whole hold window, but reading its body, deciding it and calling the
+//! upstream are still bounded.
+//!
+//! The server runs each handler inside `BUDGET.scope`; the broker calls
+//! `paused()` around an approval wait. Outside a scope (unit tests, the
+//! CLI) `paused` is a no-op.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static BUDGET: Arc<Budget>;
+}
+
+pub struct Budget {
+    started: Instant,
+    /// Milliseconds after `started` when the request times out.
+    deadline_ms: AtomicU64,
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
+}
+
+impl Budget {
+    pub fn new(limit: Duration) -> Arc<Budget> {
+        Arc::new(Budget {
+            started: Instant::now(),
+            deadline_ms: AtomicU64::new(limit.as_millis() as u64),
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// When the budget runs out, if it is not paused by then.
+    pub fn deadline(&self) -> Instant {
+        self.started + Duration::from_millis(self.deadline_ms.load(Ordering::Acquire))
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Resolves after the current pause ends; `enable` it before checking
+    /// `is_paused` so a resume in between is not missed.
+    pub fn resumed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.resumed.notified()
+    }
+
+    /// Run `fut` with this budget visible to `paused`.
+    pub async fn scope<F: Future>(self: Arc<Self>, fut: F) -> F::Output {
+        BUDGET.scope(self, fut).await
+    }
+}
+
+/// Run `fut` (an approval wait) without spending the current request's budget.
+pub async fn paused<F: Future>(fut: F) -> F::Output {
+    let Ok(budget) = BUDGET.try_with(Arc::clone) else {
+        return fut.await;
+    };
+    let pause_started = Instant::now();
+    budget.paused.store(true, Ordering::Release);
+    let out = fut.await;
+    let waited = pause_started.elapsed().as_millis() as u64;
+    budget.deadline_ms.fetch_add(waited, Ordering::AcqRel);
+    budget.paused.store(false, Ordering::Release);
+    budget.resumed.notify_waiters();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn paused_flag_is_set_only_during_the_wait() {
+        let budget = Budget::new(Duration::from_secs(1));
+        let b = budget.clone();
+        let seen = b
+            .scope(async { paused(async { BUDGET.with(|b| b.is_paused()) }).await })
+            .await;
+        assert!(seen);
+        assert!(!budget.is_paused());
+        let before = budget.deadline();
+        budget
+            .clone()
+            .scope(paused(tokio::time::sleep(Duration::from_millis(30))))
+            .await;
+        assert!(budget.deadline() >= before + Duration::from_millis(30));
+    }
+}
