@@ -31,12 +31,17 @@ impl Drop for Running {
 /// Start keygate from config/demo.toml with its state in a temp dir and the
 /// hold window shortened to `hold_window`.
 pub async fn start(hold_window: &str, approvals_needed: u32) -> Running {
+    start_with(hold_window, approvals_needed, "").await
+}
+
+/// `start`, with `extra` TOML appended (e.g. a `[server.limits]` table).
+pub async fn start_with(hold_window: &str, approvals_needed: u32, extra: &str) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let demo =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"))
             .expect("demo config");
-    let text = demo
-        .replace(
+    let text =
+        demo.replace(
             "./data/keygate.db",
             &dir.path().join("k.db").display().to_string(),
         )
@@ -48,7 +53,8 @@ pub async fn start(hold_window: &str, approvals_needed: u32) -> Running {
             "approvals = 1",
             &format!("approvals = {approvals_needed}"),
             1,
-        );
+        ) + "\n"
+            + extra;
     let config = Config::parse(&text, Path::new("demo.toml")).expect("config");
     let app = App::build(&config).await.expect("build");
     let workload = tokio::net::TcpListener::bind("127.0.0.1:0")
