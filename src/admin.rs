@@ -378,6 +378,8 @@ pub fn view(r: &HeldRequest) -> Value {
         "rule": r.rule,
         "reasons": r.reasons,
         "justification": r.subject.justification,
+        "client": r.subject.client,
+        "certificate": r.subject.certificate,
         "approver_group": r.spec.approver_group,
         "required_approvals": r.spec.approvals,
         "approvals": r.approvals,

@@ -305,6 +305,8 @@ impl Broker {
             parameters: req.parameters.redacted(),
             justification: req.justification.clone(),
             digest: self.digest(req),
+            client: req.client.map(|ip| ip.to_string()),
+            certificate: req.certificate.clone(),
         };
         let admitted = match self.holds.admit(subject, &rule, reasons, &spec, now).await {
             Ok(a) => a,

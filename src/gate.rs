@@ -69,6 +69,12 @@ pub struct Subject {
     pub parameters: serde_json::Value,
     pub justification: Option<String>,
     pub digest: String,
+    /// Where the request came from (after trusted proxies), for approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The client certificate that proved the identity, if mTLS did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +333,8 @@ mod tests {
             parameters: serde_json::json!({"SecretId": "prod/x"}),
             justification: None,
             digest: "d".into(),
+            client: None,
+            certificate: None,
         };
         HeldRequest::new(
             "r1".into(),

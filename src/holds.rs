@@ -262,6 +262,8 @@ impl Holds {
         );
         let mut e = event(AuditKind::Held, crate::audit::POLICY_ACTOR, &request, now);
         e.detail = Some(request.reasons.join("; "));
+        e.client = request.subject.client.clone();
+        e.certificate = request.subject.certificate.clone();
         self.store
             .commit(Commit {
                 relaxed: false,
@@ -494,6 +496,8 @@ mod tests {
             parameters: serde_json::json!({"SecretId": "prod/x"}),
             justification: None,
             digest: digest.into(),
+            client: None,
+            certificate: None,
         }
     }
 
