@@ -38,6 +38,8 @@ pub enum AppError {
     },
     #[error("Vault upstream: {0}")]
     Vault(#[source] UpstreamError),
+    #[error("AWS upstream: {0}")]
+    Aws(#[source] UpstreamError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
 }
@@ -116,8 +118,12 @@ impl App {
                 region,
                 endpoint,
                 timeout,
-                tls: _,
-            } => Arc::new(AwsUpstream::new(region.clone(), endpoint.clone(), *timeout).await),
+                tls,
+            } => Arc::new(
+                AwsUpstream::new(region.clone(), endpoint.clone(), *timeout, tls)
+                    .await
+                    .map_err(AppError::Aws)?,
+            ),
         };
         if matches!(config.upstream, UpstreamConfig::Dev) {
             tracing::warn!(

@@ -4,8 +4,10 @@
 //! receives is exactly what the store answered.
 
 pub mod aws;
+pub mod aws_http;
 pub mod dev;
 pub mod dev_kv;
+pub mod tls;
 pub mod vault;
 
 use async_trait::async_trait;

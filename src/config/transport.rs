@@ -127,7 +127,7 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
 }
 
 /// TLS towards an upstream (`[upstream.tls]`, `[upstream.vault.tls]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// PEM bundle trusted in addition to the system roots.
     pub ca_bundle: Option<PathBuf>,
@@ -137,6 +137,13 @@ pub struct UpstreamTls {
     /// Development only: accept any upstream certificate. keygate warns at
     /// every start while this is on.
     pub insecure_skip_verify: bool,
+}
+
+impl UpstreamTls {
+    /// Nothing configured: the client's own defaults apply.
+    pub fn is_default(&self) -> bool {
+        *self == UpstreamTls::default()
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
 use super::{SecretsUpstream, ServiceError, UpstreamError};
+use crate::config::UpstreamTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,7 +38,13 @@ impl AwsUpstream {
         region: Option<String>,
         endpoint: Option<String>,
         timeout: Duration,
-    ) -> AwsUpstream {
+        tls: &UpstreamTls,
+    ) -> Result<AwsUpstream, UpstreamError> {
+        // Build the TLS client first: a bad CA bundle or key fails start-up.
+        let http = super::aws_http::aws_http_client(tls).map_err(UpstreamError::Unavailable)?;
+        if tls.insecure_skip_verify {
+            tracing::warn!("upstream.tls.insecure_skip_verify is on: the Secrets Manager endpoint's certificate is NOT verified (development only)");
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3).min(timeout))
@@ -63,10 +70,16 @@ impl AwsUpstream {
                 .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
                 .unwrap_or_else(|| "default".into())
         );
-        AwsUpstream {
-            client: Client::new(&sdk),
-            label,
+        // Only the Secrets Manager client gets keygate's TLS settings; the
+        // credential providers keep the SDK's client (they talk to AWS itself).
+        let mut conf = aws_sdk_secretsmanager::config::Builder::from(&sdk);
+        if let Some(http) = http {
+            conf = conf.http_client(http);
         }
+        Ok(AwsUpstream {
+            client: Client::from_conf(conf.build()),
+            label,
+        })
     }
 }
 

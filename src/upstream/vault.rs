@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 
 use super::dev_kv::DevKv;
+use super::tls::{vault_http, VaultTls};
 use super::UpstreamError;
 use crate::config::{VaultAuth, VaultUpstreamConfig};
 use crate::secret::SecretString;
@@ -78,6 +79,8 @@ pub trait VaultBackend: Send + Sync + 'static {
 pub struct RemoteVault {
     address: String,
     http: reqwest::Client,
+    /// The same TLS settings as `http`, for vaultrs clients.
+    tls: VaultTls,
     timeout: Duration,
     /// keygate's current upstream token; replaced by AppRole renewal.
     token: Arc<RwLock<SecretString>>,
@@ -87,13 +90,13 @@ impl RemoteVault {
     /// Log in if configured for AppRole (failing start-up if Vault refuses),
     /// and start background renewal.
     pub async fn connect(config: &VaultUpstreamConfig) -> Result<RemoteVault, UpstreamError> {
-        let http = reqwest::Client::builder()
+        let base = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2).min(config.timeout))
-            .timeout(config.timeout)
-            .build()
-            .map_err(|e| {
-                UpstreamError::Unavailable(format!("cannot build the HTTP client: {e}"))
-            })?;
+            .timeout(config.timeout);
+        let (http, tls) = vault_http(&config.tls, base).map_err(UpstreamError::Unavailable)?;
+        if config.tls.insecure_skip_verify {
+            tracing::warn!(address = %config.address, "upstream.vault.tls.insecure_skip_verify is on: Vault's certificate is NOT verified (development only)");
+        }
         let token = match &config.auth {
             VaultAuth::Token(t) => t.clone(),
             VaultAuth::AppRole {
@@ -101,14 +104,21 @@ impl RemoteVault {
                 role_id,
                 secret_id,
             } => {
-                let (token, lease) =
-                    approle_login(&config.address, config.timeout, mount, role_id, secret_id)
-                        .await?;
+                let (token, lease) = approle_login(
+                    &config.address,
+                    config.timeout,
+                    &tls,
+                    mount,
+                    role_id,
+                    secret_id,
+                )
+                .await?;
                 let token = Arc::new(RwLock::new(token));
-                spawn_renewal(config.clone(), token.clone(), lease);
+                spawn_renewal(config.clone(), tls.clone(), token.clone(), lease);
                 return Ok(RemoteVault {
                     address: config.address.clone(),
                     http,
+                    tls,
                     timeout: config.timeout,
                     token,
                 });
@@ -117,6 +127,7 @@ impl RemoteVault {
         Ok(RemoteVault {
             address: config.address.clone(),
             http,
+            tls,
             timeout: config.timeout,
             token: Arc::new(RwLock::new(token)),
         })
@@ -134,24 +145,20 @@ fn vaultrs_client(
     address: &str,
     token: &str,
     timeout: Duration,
+    tls: &VaultTls,
 ) -> Result<VaultClient, UpstreamError> {
-    let settings = VaultClientSettingsBuilder::default()
-        .address(address)
-        .token(token)
-        .timeout(Some(timeout))
-        .build()
-        .map_err(|e| UpstreamError::Unavailable(format!("vault client settings: {e}")))?;
-    VaultClient::new(settings).map_err(|e| UpstreamError::Unavailable(format!("vault client: {e}")))
+    super::tls::vaultrs_client(address, token, timeout, tls).map_err(UpstreamError::Unavailable)
 }
 
 async fn approle_login(
     address: &str,
     timeout: Duration,
+    tls: &VaultTls,
     mount: &str,
     role_id: &SecretString,
     secret_id: &SecretString,
 ) -> Result<(SecretString, Duration), UpstreamError> {
-    let client = vaultrs_client(address, "", timeout)?;
+    let client = vaultrs_client(address, "", timeout, tls)?;
     let auth = vaultrs::auth::approle::login(&client, mount, role_id.expose(), secret_id.expose())
         .await
         .map_err(|e| UpstreamError::Unavailable(format!("AppRole login at {mount} failed: {e}")))?;
@@ -164,6 +171,7 @@ async fn approle_login(
 /// Renew keygate's AppRole token at half its lease; log in again if renewal fails.
 fn spawn_renewal(
     config: VaultUpstreamConfig,
+    tls: VaultTls,
     token: Arc<RwLock<SecretString>>,
     mut lease: Duration,
 ) {
@@ -186,7 +194,7 @@ fn spawn_renewal(
                 .read()
                 .map(|t| t.expose().to_string())
                 .unwrap_or_default();
-            let renewed = match vaultrs_client(&config.address, &current, config.timeout) {
+            let renewed = match vaultrs_client(&config.address, &current, config.timeout, &tls) {
                 Ok(c) => vaultrs::token::renew_self(&c, None).await.ok(),
                 Err(_) => None,
             };
@@ -201,6 +209,7 @@ fn spawn_renewal(
                 None => match approle_login(
                     &config.address,
                     config.timeout,
+                    &tls,
                     &mount,
                     &role_id,
                     &secret_id,
@@ -286,7 +295,7 @@ impl VaultBackend for RemoteVault {
     }
 
     async fn lookup_self(&self, token: &str) -> Result<TokenInfo, LookupError> {
-        let client = vaultrs_client(&self.address, token, self.timeout)?;
+        let client = vaultrs_client(&self.address, token, self.timeout, &self.tls)?;
         match vaultrs::token::lookup_self(&client).await {
             Ok(info) => Ok(TokenInfo {
                 display_name: info.display_name,
