@@ -21,3 +21,23 @@ pub fn protect_process() -> Vec<String> {
     }
     failed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_dumps_are_off_after_protecting() {
+        assert!(
+            protect_process().is_empty(),
+            "both protections apply on Linux"
+        );
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Core);
+        assert_eq!(limit.current, Some(0));
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            rustix::process::dumpable_behavior().expect("prctl"),
+            rustix::process::DumpableBehavior::NotDumpable
+        );
+    }
+}
