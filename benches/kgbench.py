@@ -151,7 +151,10 @@ def bench_config(demo_path, kind, listen, admin, state_dir, bare_port=None, seed
     server["listen"] = f"127.0.0.1:{listen}"
     server["admin_listen"] = f"127.0.0.1:{admin}"
     server["state"] = os.path.join(state_dir, "keygate.db")
-    cfg.setdefault("gate", {})["max_pending_per_identity"] = 100000
+    # The held rows keep up to 10,000 (+ warm-up) requests pending at once,
+    # each on its own connection: lift the caps that protect production.
+    cfg.setdefault("gate", {}).update(max_pending_per_identity=100000, max_pending_total=100000)
+    server.setdefault("limits", {})["max_connections"] = 120000
     policy = cfg.setdefault("policy", {})
     policy["rules"] = [dict(HOLD_RULE)] + policy.get("rules", [])
     if kind == "miss":
