@@ -15,6 +15,7 @@ from typing import Callable
 
 import pytest
 
+from certs import Pki, make_test_pki
 from harness import REPO, Keygate, Moto, OpenBao
 
 KEYGATES = pytest.StashKey[list]()
@@ -86,6 +87,17 @@ def keygate(start_keygate) -> Keygate:
 def quick_keygate(start_keygate) -> Keygate:
     """keygate whose hold rules give up after 1s: the timeout / retry path."""
     return start_keygate(hold_window="1s")
+
+
+# --------------------------------------------------------------------------
+# TLS: a test PKI (tests/e2e/certs.py)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    """CA, server and client certificates for the TLS tests. Shared by the
+    session: tests that change certificate files copy them first."""
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 # --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -154,10 +155,11 @@ def http_call(
     body: bytes | str | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = HTTP_TIMEOUT,
+    context: ssl.SSLContext | None = None,
 ) -> HttpResponse:
-    """One plain HTTP/1.1 request with exactly the given headers (plus Host)."""
-    host, port = url.removeprefix("http://").rstrip("/").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    """One HTTP/1.1 request with exactly the given headers (plus Host).
+    An https:// url needs `context` (see tls_context)."""
+    conn = http_connection(url, timeout, context)
     try:
         if isinstance(body, str):
             body = body.encode()
@@ -167,6 +169,27 @@ def http_call(
         return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
     finally:
         conn.close()
+
+
+def http_connection(
+    url: str, timeout: float = HTTP_TIMEOUT, context: ssl.SSLContext | None = None
+) -> http.client.HTTPConnection:
+    """An http.client connection to http://host:port or https://host:port."""
+    scheme, _, hostport = url.rstrip("/").partition("://")
+    host, port = hostport.rsplit(":", 1)
+    if scheme == "https":
+        assert context is not None, f"{url}: an https call needs an ssl context (tls_context)"
+        return http.client.HTTPSConnection(host, int(port), timeout=timeout, context=context)
+    assert scheme == "http", f"not an http(s) url: {url}"
+    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+
+def tls_context(ca: Path | str | None, client_cert: tuple[str, str] | None = None) -> ssl.SSLContext:
+    """A client-side SSL context trusting `ca`, presenting `client_cert` (cert, key) if given."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if client_cert is not None:
+        ctx.load_cert_chain(*map(str, client_cert))
+    return ctx
 
 
 def require_executable(name: str, install_hint: str) -> str:
@@ -271,12 +294,38 @@ def render_config(
     vault_passthrough: bool = False,
     vault_passthrough_cache_ttl: str = "30s",
     vault_approle: tuple[str, str] | None = None,
+    tls: dict[str, Any] | None = None,
+    admin_tls: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    max_body_bytes: int | None = None,
+    max_pending_total: int | None = None,
+    certificates: dict[str, list[str]] | None = None,
 ) -> str:
     """keygate config for the tests: demo-upstream.toml plus a second identity,
     an approver outside secops, an owner for demo-app and a write rule.
 
     With vault_addr (an OpenBao URL) it also configures the Vault front end:
-    [vault], [upstream.vault] and the Vault rules of render_vault_rules()."""
+    [vault], [upstream.vault] and the Vault rules of render_vault_rules().
+
+    tls / admin_tls / limits become [server.tls] / [server.admin_tls] /
+    [server.limits] with those keys (values: str, int, bool, Path or lists);
+    certificates maps an identity name to its `certificates` patterns."""
+    certificates = certificates or {}
+    server_extra = ""
+    if max_body_bytes is not None:
+        server_extra += f"max_body_bytes = {max_body_bytes}\n"
+    for table, keys in (("server.tls", tls), ("server.admin_tls", admin_tls), ("server.limits", limits)):
+        if keys is not None:
+            server_extra += toml_table(table, keys)
+    gate_extra = f"max_pending_total = {max_pending_total}\n" if max_pending_total is not None else ""
+
+    def certs_of(identity: str) -> str:
+        if identity not in certificates:
+            return ""
+        return f"certificates = {toml_value(certificates[identity])}\n"
+
+    unknown = set(certificates) - {DEMO_APP.name, OTHER_APP.name}
+    assert not unknown, f"render_config: no identity named {unknown}"
     vault_upstream = vault_sections = vault_rules = ""
     if vault_addr is not None:
         vault_upstream, vault_sections = render_vault_sections(
@@ -291,7 +340,7 @@ listen = "{listen}"
 admin_listen = "{admin_listen}"
 region = "{REGION}"
 state = "{state}"
-
+{server_extra}
 [upstream]
 kind = "aws"
 region = "{REGION}"
@@ -302,7 +351,7 @@ max_entries = 10000
 
 [gate]
 max_pending_per_identity = {max_pending}
-{vault_sections}
+{gate_extra}{vault_sections}
 [[identities]]
 name = "demo-app"
 groups = ["demo"]
@@ -310,14 +359,14 @@ owner = "bob"
 aws_access_key_id = "{DEMO_APP.access_key}"
 aws_secret_access_key = "{DEMO_APP.secret_key}"
 vault_token = "{WORKLOAD_TOKEN}"
-
+{certs_of(DEMO_APP.name)}
 [[identities]]
 name = "other-app"
 groups = ["other"]
 aws_access_key_id = "{OTHER_APP.access_key}"
 aws_secret_access_key = "{OTHER_APP.secret_key}"
 vault_token = "{OTHER_APP_TOKEN}"
-
+{certs_of(OTHER_APP.name)}
 [[approvers]]
 name = "alice"
 token = "{ALICE}"
@@ -386,14 +435,32 @@ reason = "deleting secrets and changing resource policies is not allowed through
 {vault_rules}"""
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML rendering for {value!r}")
+
+
+def toml_table(name: str, keys: dict[str, Any]) -> str:
+    lines = [f"{k} = {toml_value(v)}" for k, v in keys.items() if v is not None]
+    return f"\n[{name}]\n" + "".join(line + "\n" for line in lines)
+
+
 # --------------------------------------------------------------------------
 # keygate admin API client
 
 
 class AdminClient:
-    def __init__(self, base_url: str, token: str | None = ALICE):
+    def __init__(self, base_url: str, token: str | None = ALICE, context: ssl.SSLContext | None = None):
         self.base_url = base_url
         self.token = token
+        self.context = context  # for an https:// admin listener
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = ...) -> HttpResponse:
         token = self.token if token is ... else token
@@ -404,7 +471,7 @@ class AdminClient:
         if body is not None:
             data = json.dumps(body)
             headers["Content-Type"] = "application/json"
-        return http_call(self.base_url, method, path, body=data, headers=headers)
+        return http_call(self.base_url, method, path, body=data, headers=headers, context=self.context)
 
     def _ok(self, resp: HttpResponse, expect: int = 200) -> Any:
         assert resp.status == expect, f"admin API: expected {expect}, got {resp.status}: {resp.text[:500]}"
@@ -475,17 +542,34 @@ class KeygateDied(ProcessExited):
 
 
 class Keygate:
-    """One keygate server: config, state and log in its own directory."""
+    """One keygate server: config, state and log in its own directory.
 
-    def __init__(self, binary: Path, workdir: Path, upstream_url: str, **config_opts: str):
+    With config_opts tls= / admin_tls= (see render_config) the listener's URL is
+    https://127.0.0.1:port; clients then trust `ca_bundle`, and the harness's
+    admin calls present `admin_client_cert` (cert, key) if given."""
+
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        upstream_url: str,
+        *,
+        ca_bundle: Path | str | None = None,
+        admin_client_cert: tuple[str, str] | None = None,
+        **config_opts: Any,
+    ):
         self.binary = binary
         self.workdir = workdir
         self.upstream_url = upstream_url
         workdir.mkdir(parents=True, exist_ok=True)
         self.listen_port = free_port()
         self.admin_port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.listen_port}"
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.ca_bundle = str(ca_bundle) if ca_bundle else None
+        workload_scheme = "https" if config_opts.get("tls") else "http"
+        admin_scheme = "https" if config_opts.get("admin_tls") else "http"
+        self.endpoint = f"{workload_scheme}://127.0.0.1:{self.listen_port}"
+        self.admin_url = f"{admin_scheme}://127.0.0.1:{self.admin_port}"
+        self.admin_context = tls_context(self.ca_bundle, admin_client_cert) if admin_scheme == "https" else None
         self.state_path = workdir / "keygate.db"
         self.config_path = workdir / "keygate.toml"
         # empty AWS config/credentials files: nothing from the developer's ~/.aws leaks in
@@ -503,7 +587,7 @@ class Keygate:
             )
         )
         self.proc: subprocess.Popen | None = None
-        self.admin = AdminClient(self.admin_url, ALICE)
+        self.admin = AdminClient(self.admin_url, ALICE, self.admin_context)
 
     # -- lifecycle
 
@@ -539,7 +623,7 @@ class Keygate:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise KeygateDied(f"keygate exited with {self.proc.returncode}")
-            return http_call(self.admin_url, "GET", "/readyz", timeout=2).status == 200
+            return http_call(self.admin_url, "GET", "/readyz", timeout=2, context=self.admin_context).status == 200
 
         try:
             wait_until(ready, timeout, what="keygate /readyz == 200")
@@ -572,15 +656,32 @@ class Keygate:
 
     # -- clients
 
-    def client(self, identity: Identity = DEMO_APP, secret_key: str | None = None, access_key: str | None = None):
-        """A boto3 Secrets Manager client pointed at keygate's workload listener."""
+    def client(
+        self,
+        identity: Identity = DEMO_APP,
+        secret_key: str | None = None,
+        access_key: str | None = None,
+        *,
+        client_cert: tuple[str, str] | None = None,
+        verify: str | bool | None = None,
+        retries: dict | None = None,
+    ):
+        """A boto3 Secrets Manager client pointed at keygate's workload listener.
+        Over TLS it trusts `verify` (default: the harness's ca_bundle) and
+        presents `client_cert` (cert, key) if given."""
         return boto3.client(
             "secretsmanager",
             endpoint_url=self.endpoint,
             region_name=REGION,
             aws_access_key_id=access_key or identity.access_key,
             aws_secret_access_key=secret_key or identity.secret_key,
-            config=Config(retries={"max_attempts": 1}, read_timeout=60, connect_timeout=5),
+            verify=self.ca_bundle if verify is None else verify,
+            config=Config(
+                retries=retries or {"max_attempts": 1},
+                read_timeout=60,
+                connect_timeout=5,
+                client_cert=client_cert,
+            ),
         )
 
     def aws_cli(self, *args: str, identity: Identity = DEMO_APP) -> subprocess.CompletedProcess:
@@ -626,9 +727,16 @@ class Keygate:
 
     # -- Vault clients (the Vault front end shares the workload listener)
 
-    def vault(self, token: str = WORKLOAD_TOKEN) -> hvac.Client:
-        """An hvac client pointed at keygate, as a workload would configure it."""
-        return vault_client(self.endpoint, token)
+    def vault(
+        self, token: str | None = WORKLOAD_TOKEN, *, cert: tuple[str, str] | None = None, verify: str | None = None
+    ) -> hvac.Client:
+        """An hvac client pointed at keygate, as a workload would configure it;
+        over TLS with the harness's ca_bundle (or `verify`) and `cert` (cert, key)."""
+        if not self.endpoint.startswith("https://"):
+            return vault_client(self.endpoint, token)
+        return hvac.Client(
+            url=self.endpoint, token=token, cert=cert, verify=verify or self.ca_bundle, timeout=HTTP_TIMEOUT
+        )
 
     def vault_raw(self, method: str, path: str, token: str | None = WORKLOAD_TOKEN, **kw) -> HttpResponse:
         """One Vault HTTP call to keygate with exactly these headers (plus X-Vault-Token)."""
@@ -678,7 +786,7 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 # AWS wire helpers
 
 
-def raw_aws_call(
+def aws_request_headers(
     endpoint: str,
     operation: str,
     body: bytes | str = "{}",
@@ -686,10 +794,9 @@ def raw_aws_call(
     identity: Identity = DEMO_APP,
     sign: bool = True,
     signed_at: datetime.datetime | None = None,
-    headers: dict[str, str] | None = None,
-) -> HttpResponse:
-    """POST one Secrets Manager JSON request, SigV4-signed with botocore's
-    signer (optionally as if at `signed_at`), with exactly these headers."""
+) -> dict[str, str]:
+    """The headers of one Secrets Manager JSON request (POST /), SigV4-signed
+    with botocore's signer (optionally as if at `signed_at`)."""
     if isinstance(body, str):
         body = body.encode()
     request = AWSRequest(
@@ -708,9 +815,26 @@ def raw_aws_call(
         else:
             with mock.patch("botocore.auth.get_current_datetime", return_value=signed_at):
                 signer.add_auth(request)
-    all_headers = dict(request.headers.items())
+    return dict(request.headers.items())
+
+
+def raw_aws_call(
+    endpoint: str,
+    operation: str,
+    body: bytes | str = "{}",
+    *,
+    identity: Identity = DEMO_APP,
+    sign: bool = True,
+    signed_at: datetime.datetime | None = None,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> HttpResponse:
+    """POST one Secrets Manager JSON request, SigV4-signed with botocore's
+    signer (optionally as if at `signed_at`), with exactly these headers.
+    The extra headers are added after signing (they are not signed)."""
+    all_headers = aws_request_headers(endpoint, operation, body, identity=identity, sign=sign, signed_at=signed_at)
     all_headers.update(headers or {})
-    return http_call(endpoint, "POST", "/", body=body, headers=all_headers)
+    return http_call(endpoint, "POST", "/", body=body, headers=all_headers, context=context)
 
 
 def assert_aws_error(resp: HttpResponse, error_type: str, status: int = 400, message_contains: str | None = None) -> str:
@@ -1060,6 +1184,7 @@ def raw_vault_call(
     token: str | None = WORKLOAD_TOKEN,
     body: Any = None,
     headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> HttpResponse:
     """One Vault API call with X-Vault-Token (unless token is None) and exactly these headers."""
     all_headers = {"X-Vault-Token": token} if token is not None else {}
@@ -1068,7 +1193,7 @@ def raw_vault_call(
     if body is not None:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
         all_headers.setdefault("Content-Type", "application/json")
-    return http_call(url, method, path, body=data, headers=all_headers)
+    return http_call(url, method, path, body=data, headers=all_headers, context=context)
 
 
 def assert_vault_error(resp: HttpResponse, status: int, message_contains: str | None = None) -> str:
