@@ -312,12 +312,22 @@ pub(super) fn validate_upstream_tls(
         (None, None) => {}
         _ => return Err(invalid(key, "client_cert and client_key go together")),
     }
-    Ok(UpstreamTls {
+    let tls = UpstreamTls {
         ca_bundle: raw.ca_bundle,
         client_cert: raw.client_cert,
         client_key: raw.client_key,
         insecure_skip_verify: raw.insecure_skip_verify,
-    })
+    };
+    // Parse the files now (PEM, a usable CA, a key that matches the
+    // certificate) so `keygate check` reports them, not the first request.
+    crate::upstream::tls::rustls_client_config(&tls).map_err(|e| {
+        let key = match e.field {
+            "tls" => key.to_string(),
+            field => format!("{key}.{field}"),
+        };
+        invalid(key, e.message)
+    })?;
+    Ok(tls)
 }
 
 /// The admin API carries approver tokens: off loopback it must be encrypted.

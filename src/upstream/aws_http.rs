@@ -37,7 +37,7 @@ pub fn aws_http_client(tls: &UpstreamTls) -> Result<Option<SharedHttpClient>, St
     if tls.is_default() {
         return Ok(None);
     }
-    let config = Arc::new(rustls_client_config(tls)?);
+    let config = Arc::new(rustls_client_config(tls).map_err(|e| e.to_string())?);
     Ok(Some(SharedHttpClient::new(TlsHttpClient {
         config,
         connectors: Mutex::new(HashMap::new()),

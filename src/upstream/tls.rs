@@ -21,31 +21,61 @@ use vaultrs::client::VaultClientSettingsBuilder;
 use crate::config::UpstreamTls;
 use crate::tls::provider;
 
-fn load_certs(what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    crate::tls::load_certs(path).map_err(|e| format!("upstream TLS {what} {e}"))
+/// An upstream TLS setting that cannot be used: which key, and why.
+#[derive(Debug)]
+pub struct SettingError {
+    /// `ca_bundle`, `client_cert`, `client_key`, or `tls` for the table.
+    pub field: &'static str,
+    pub message: String,
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    crate::tls::load_key(path).map_err(|e| format!("upstream TLS client_key {e}"))
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream TLS {}: {}", self.field, self.message)
+    }
+}
+
+fn setting(field: &'static str, message: impl Into<String>) -> SettingError {
+    SettingError {
+        field,
+        message: message.into(),
+    }
+}
+
+fn load_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, SettingError> {
+    crate::tls::load_certs(path).map_err(|e| setting(field, e.to_string()))
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, SettingError> {
+    crate::tls::load_key(path).map_err(|e| setting("client_key", e.to_string()))
 }
 
 /// Both or neither of client_cert / client_key.
-pub fn client_pair(tls: &UpstreamTls) -> Result<Option<(&Path, &Path)>, String> {
+pub fn client_pair(tls: &UpstreamTls) -> Result<Option<(&Path, &Path)>, SettingError> {
     match (&tls.client_cert, &tls.client_key) {
         (Some(c), Some(k)) => Ok(Some((c, k))),
         (None, None) => Ok(None),
-        (Some(_), None) => Err("upstream TLS: client_cert is set but client_key is not".into()),
-        (None, Some(_)) => Err("upstream TLS: client_key is set but client_cert is not".into()),
+        (Some(_), None) => Err(setting(
+            "client_key",
+            "client_cert is set but client_key is not",
+        )),
+        (None, Some(_)) => Err(setting(
+            "client_cert",
+            "client_key is set but client_cert is not",
+        )),
     }
 }
 
 /// rustls client config for `tls`: system roots plus `ca_bundle`, optional
 /// client certificate, or (insecure_skip_verify) any server certificate.
-pub fn rustls_client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+pub fn rustls_client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, SettingError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("upstream TLS: {e}"))?;
+        .map_err(|e| setting("tls", e.to_string()))?;
 
     let builder = if tls.insecure_skip_verify {
         builder
@@ -58,19 +88,22 @@ pub fn rustls_client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, S
         if let Some(path) = &tls.ca_bundle {
             for (i, cert) in load_certs("ca_bundle", path)?.into_iter().enumerate() {
                 roots.add(cert).map_err(|e| {
-                    format!(
-                        "upstream TLS ca_bundle {}: certificate #{} is not a usable CA: {e}",
-                        path.display(),
-                        i + 1
+                    setting(
+                        "ca_bundle",
+                        format!(
+                            "{}: certificate #{} is not a usable CA: {e}",
+                            path.display(),
+                            i + 1
+                        ),
                     )
                 })?;
             }
         }
         if roots.is_empty() {
-            return Err(
-                "upstream TLS: no trusted roots (no system CA certificates found and no ca_bundle set)"
-                    .into(),
-            );
+            return Err(setting(
+                "ca_bundle",
+                "no trusted roots: no system CA certificates were found and no ca_bundle is set",
+            ));
         }
         builder.with_root_certificates(roots)
     };
@@ -81,10 +114,13 @@ pub fn rustls_client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, S
             let chain = load_certs("client_cert", cert)?;
             let key_der = load_key(key)?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                format!(
-                    "upstream TLS client_cert {} / client_key {}: {e}",
-                    cert.display(),
-                    key.display()
+                setting(
+                    "client_key",
+                    format!(
+                        "{} does not fit the certificate in {}: {e}",
+                        key.display(),
+                        cert.display()
+                    ),
                 )
             })?
         }
@@ -173,7 +209,7 @@ pub fn vault_http(
     // key matches certificate) before reqwest/vaultrs see the files: they
     // accept a bundle without certificates silently and vaultrs reports a
     // bad identity only as "Error configuring REST client".
-    rustls_client_config(tls)?;
+    rustls_client_config(tls).map_err(|e| e.to_string())?;
     let mut builder = base.tls_backend_rustls();
     let mut vault = VaultTls {
         ca_certs: Vec::new(),
@@ -196,7 +232,7 @@ pub fn vault_http(
             })?
             .to_string()];
     }
-    if let Some((cert, key)) = client_pair(tls)? {
+    if let Some((cert, key)) = client_pair(tls).map_err(|e| e.to_string())? {
         // reqwest wants certificate chain and key in one PEM buffer.
         let mut pem = zeroize::Zeroizing::new(
             std::fs::read(cert)

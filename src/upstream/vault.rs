@@ -161,7 +161,12 @@ async fn approle_login(
     let client = vaultrs_client(address, "", timeout, tls)?;
     let auth = vaultrs::auth::approle::login(&client, mount, role_id.expose(), secret_id.expose())
         .await
-        .map_err(|e| UpstreamError::Unavailable(format!("AppRole login at {mount} failed: {e}")))?;
+        .map_err(|e| {
+            UpstreamError::Unavailable(format!(
+                "AppRole login at {mount} failed: {}",
+                with_causes(&e)
+            ))
+        })?;
     Ok((
         SecretString::new(auth.client_token),
         Duration::from_secs(auth.lease_duration),
@@ -326,7 +331,23 @@ fn describe_reqwest(e: reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    format!("{kind}: {}", e.without_url())
+    format!("{kind}: {}", with_causes(&e.without_url()))
+}
+
+/// An error and its chain of causes on one line: reqwest and vaultrs put the
+/// useful part (a TLS alert, a refused connection) in the sources.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// The embedded dev store's Vault side: KV v2 mounts only.
