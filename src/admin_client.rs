@@ -1,9 +1,7 @@
 //! A small client for the admin API, used by `keygate requests ...`.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use std::path::Path;
+
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,65 +17,90 @@ pub enum ClientError {
 pub struct AdminClient {
     base: String,
     token: String,
-    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    http: reqwest::Client,
 }
 
 impl AdminClient {
+    /// A client for `addr` (`host:port`, `http://…` or `https://…`), trusting
+    /// the system roots.
     pub fn new(addr: &str, token: &str) -> AdminClient {
-        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", addr.trim_end_matches('/'))
-        };
-        AdminClient {
-            base,
+        Self::build(addr, token, reqwest::Client::builder()).unwrap_or_else(|_| AdminClient {
+            base: base_url(addr),
             token: token.to_string(),
-            http: Client::builder(TokioExecutor::new()).build_http(),
-        }
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Like `new`, also trusting the CA certificates in `ca` (PEM), for an
+    /// admin listener with a private CA (`[server.admin_tls]`).
+    pub fn with_ca(addr: &str, token: &str, ca: &Path) -> Result<AdminClient, ClientError> {
+        let pem = std::fs::read(ca)
+            .map_err(|e| ClientError::Invalid(format!("cannot read {}: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ClientError::Invalid(format!("{}: {e}", ca.display())))?;
+        Self::build(
+            addr,
+            token,
+            reqwest::Client::builder().tls_certs_merge(certs),
+        )
+    }
+
+    fn build(
+        addr: &str,
+        token: &str,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<AdminClient, ClientError> {
+        let http = builder
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClientError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(AdminClient {
+            base: base_url(addr),
+            token: token.to_string(),
+            http,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.send(http::Method::GET, path, None).await
+        self.send(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
-        self.send(http::Method::POST, path, Some(body)).await
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        let e = e.without_url();
+        let mut message = e.to_string();
+        let mut next = std::error::Error::source(&e);
+        while let Some(cause) = next {
+            message.push_str(&format!(": {cause}"));
+            next = cause.source();
+        }
+        ClientError::Unreachable {
+            addr: self.base.clone(),
+            message,
+        }
     }
 
     async fn send(
         &self,
-        method: http::Method,
+        method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let req = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let resp = self
             .http
-            .request(req)
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.map(|b| b.to_string()).unwrap_or_default())
+            .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                addr: self.base.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                addr: self.base.clone(),
-                message: e.to_string(),
-            })?
-            .to_bytes();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status >= 400 {
             let message = value["error"]["message"]
@@ -87,5 +110,13 @@ impl AdminClient {
             return Err(ClientError::Api { status, message });
         }
         Ok(value)
+    }
+}
+
+fn base_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", addr.trim_end_matches('/'))
     }
 }

@@ -80,6 +80,9 @@ struct AdminArgs {
         global = true
     )]
     admin_addr: String,
+    /// CA bundle (PEM) to trust for an https:// admin address with a private CA.
+    #[arg(long, env = "KEYGATE_ADMIN_CA", global = true)]
+    admin_ca: Option<PathBuf>,
     /// Approver bearer token.
     #[arg(
         long,
@@ -297,7 +300,10 @@ async fn requests(admin: AdminArgs, action: RequestsAction) -> anyhow::Result<()
     let Some(token) = admin.token else {
         bail!("no approver token: pass --token or set KEYGATE_ADMIN_TOKEN");
     };
-    let client = AdminClient::new(&admin.admin_addr, &token);
+    let client = match &admin.admin_ca {
+        Some(ca) => AdminClient::with_ca(&admin.admin_addr, &token, ca)?,
+        None => AdminClient::new(&admin.admin_addr, &token),
+    };
     match action {
         RequestsAction::List { state, json } => {
             let v = client
