@@ -33,6 +33,12 @@ pub enum AuditKind {
     Released,
     #[serde(rename = "grant.used")]
     GrantUsed,
+    #[serde(rename = "request.escalated")]
+    Escalated,
+    #[serde(rename = "request.bypassed")]
+    Bypassed,
+    #[serde(rename = "bypass.acknowledged")]
+    Acknowledged,
 }
 
 impl AuditKind {
@@ -47,6 +53,9 @@ impl AuditKind {
             AuditKind::Expired => "request.expired",
             AuditKind::Released => "request.released",
             AuditKind::GrantUsed => "grant.used",
+            AuditKind::Escalated => "request.escalated",
+            AuditKind::Bypassed => "request.bypassed",
+            AuditKind::Acknowledged => "bypass.acknowledged",
         }
     }
 
@@ -61,6 +70,9 @@ impl AuditKind {
             AuditKind::Expired => "KG1202",
             AuditKind::Released => "KG1300",
             AuditKind::GrantUsed => "KG1301",
+            AuditKind::Escalated => "KG1203",
+            AuditKind::Bypassed => "KG1400",
+            AuditKind::Acknowledged => "KG1401",
         }
     }
 }

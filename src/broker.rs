@@ -39,6 +39,9 @@ pub struct AccessRequest {
     pub justification: Option<String>,
     /// What a certificate or token request asks for (empty otherwise).
     pub facts: policy::Facts,
+    /// A break-glass reason (`X-Keygate-Break-Glass`): honoured only for
+    /// identities a hold rule lists in `break_glass`.
+    pub break_glass: Option<String>,
     /// Where the request came from, for the audit record.
     pub client: Option<std::net::IpAddr>,
     /// The client certificate's name, when mTLS proved the identity.
@@ -114,6 +117,10 @@ pub enum Refusal {
     TooManyPending {
         limit: usize,
     },
+    /// The rule requires a justification and the request carried none.
+    JustificationRequired {
+        rule: String,
+    },
     /// `gate.max_pending_total` is reached: nothing new can be held.
     Overloaded,
     /// keygate is stopping while the client waited; the request stays pending.
@@ -133,6 +140,7 @@ impl Refusal {
             Refusal::GrantUnavailable { .. } => "grant-unavailable",
             Refusal::TooManyPending { .. } => "too-many-pending",
             Refusal::Overloaded => "overloaded",
+            Refusal::JustificationRequired { .. } => "justification-required",
             Refusal::ShuttingDown { .. } => "shutting-down",
         }
     }
@@ -163,6 +171,12 @@ impl Refusal {
             Refusal::TooManyPending { limit } => format!(
                 "keygate: this identity already has {limit} requests awaiting approval; \
                  wait for decisions before asking again"
+            ),
+            Refusal::JustificationRequired { rule } => format!(
+                "keygate: rule {rule} requires a justification: send the header \
+                 X-Keygate-Justification: <why you need this> with the request \
+                 (boto3: an event hook on before-sign.secrets-manager.*; hvac: \
+                 Client(..., headers={{...}}) or session headers; curl: -H)"
             ),
             Refusal::Overloaded => "keygate: too many requests are awaiting approval; \
                                     try again later"
@@ -269,6 +283,25 @@ impl Broker {
                 } => Decided::Hold(rule.to_string(), spec.clone(), reasons),
             }
         };
+        let justified = req
+            .justification
+            .as_deref()
+            .is_some_and(|j| !j.trim().is_empty());
+        let rule_name = match &decision {
+            Decided::Allow(rule) | Decided::Deny(rule, _) => rule.as_deref(),
+            Decided::Hold(rule, ..) => Some(rule.as_str()),
+        };
+        if let Some(rule) =
+            rule_name.filter(|r| !justified && self.policy.requires_justification(r))
+        {
+            let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
+            e.rule = Some(rule.to_string());
+            e.detail = Some("no justification given; the rule requires one".into());
+            self.record_decision(e).await?;
+            return Ok(Admission::Refused(Refusal::JustificationRequired {
+                rule: rule.to_string(),
+            }));
+        }
         match decision {
             Decided::Allow(rule) => {
                 let mut e = self.event(AuditKind::Allowed, POLICY_ACTOR, req, now);
@@ -308,6 +341,32 @@ impl Broker {
             client: req.client.map(|ip| ip.to_string()),
             certificate: req.certificate.clone(),
         };
+        let mut reasons = reasons;
+        if let Some(reason) = req
+            .break_glass
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+        {
+            if spec.break_glass.iter().any(|i| i == &req.identity) {
+                let reason: String = reason.chars().take(1024).collect();
+                let bypassed = self
+                    .holds
+                    .bypass(subject, &rule, reasons, &spec, reason, now)
+                    .await?;
+                self.record_reads(req, now);
+                return Ok(Admission::Proceed {
+                    rule: Some(rule),
+                    grant: Some(bypassed.id),
+                });
+            }
+            // Not on the rule's break-glass list: the hold stands, and
+            // approvers see that it was tried.
+            reasons.push(format!(
+                "break-glass requested ({reason}) but {} may not bypass rule {rule}",
+                req.identity
+            ));
+        }
         let admitted = match self.holds.admit(subject, &rule, reasons, &spec, now).await {
             Ok(a) => a,
             Err(HoldError::TooManyPending { limit, .. }) => {

@@ -19,8 +19,8 @@ use crate::front::aws::ops as aws_ops;
 use crate::front::vault::ops as vault_ops;
 use crate::glob::Glob;
 use crate::policy::{
-    Action, Conditions, DefaultAction, Front, GrantSpec, HoldSpec, OpClass, Policy, Rule,
-    VolumeCondition,
+    Action, Conditions, DefaultAction, Escalation, Factor, Front, GrantSpec, HoldSpec, OpClass,
+    Policy, Rule, VolumeCondition,
 };
 use crate::secret::SecretString;
 
@@ -437,6 +437,28 @@ struct RawRule {
     grant: Option<String>,
     grant_uses: Option<u32>,
     grant_window: Option<String>,
+    #[serde(default)]
+    require_justification: bool,
+    factors: Option<Vec<RawFactor>>,
+    denials: Option<u32>,
+    escalate_after: Option<String>,
+    escalate_to: Option<String>,
+    #[serde(default)]
+    escalation_can_approve: bool,
+    #[serde(default)]
+    break_glass: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFactor {
+    group: String,
+    #[serde(default = "one_approval")]
+    approvals: u32,
+}
+
+fn one_approval() -> u32 {
+    1
 }
 
 // ---------------------------------------------------------------------------
@@ -608,7 +630,7 @@ impl RawConfig {
             ));
         }
         let dev_kv = validate_dev_kv(self.dev_store.kv, &vault, &upstream)?;
-        let policy = validate_policy(self.policy, &approvers)?;
+        let policy = validate_policy(self.policy, &approvers, &identities)?;
         let audit = match self.audit.mode.as_deref() {
             None | Some("strict") => AuditMode::Strict,
             Some("batched") => AuditMode::Batched,
@@ -733,10 +755,19 @@ fn validate_identities(
             ));
         }
         if let Some(owner) = &r.owner {
-            if !approvers.iter().any(|a| &a.name == owner) {
+            // A person (an approver's stable name) or a group of approvers.
+            let person = approvers.iter().any(|a| &a.name == owner);
+            let group = approvers.iter().any(|a| a.groups.contains(owner));
+            if person && group {
                 return Err(invalid(
                     format!("{key}.owner"),
-                    format!("{owner:?} is not a configured approver"),
+                    format!("{owner:?} is both an approver and a group; rename one"),
+                ));
+            }
+            if !person && !group {
+                return Err(invalid(
+                    format!("{key}.owner"),
+                    format!("{owner:?} is neither a configured approver nor an approver group"),
                 ));
             }
         }
@@ -976,7 +1007,11 @@ fn validate_dev_kv(
         .collect()
 }
 
-fn validate_policy(raw: RawPolicy, approvers: &[Approver]) -> Result<Policy, ConfigError> {
+fn validate_policy(
+    raw: RawPolicy,
+    approvers: &[Approver],
+    identities: &[Identity],
+) -> Result<Policy, ConfigError> {
     let default = match raw.default.as_str() {
         "deny" => DefaultAction::Deny,
         "allow" => DefaultAction::Allow,
@@ -1003,6 +1038,14 @@ fn validate_policy(raw: RawPolicy, approvers: &[Approver]) -> Result<Policy, Con
                 format!("{key}.name"),
                 format!("{name:?} is used by another rule"),
             ));
+        }
+        for (j, who) in r.break_glass.iter().enumerate() {
+            if !identities.iter().any(|i| &i.name == who) {
+                return Err(invalid(
+                    format!("{key}.break_glass[{j}]"),
+                    format!("{who:?} is not a configured identity"),
+                ));
+            }
         }
         rules.push(validate_rule(&key, name, r, &group_sizes)?);
     }
@@ -1080,6 +1123,12 @@ fn validate_rule(
         ("grant", r.grant.is_some()),
         ("grant_uses", r.grant_uses.is_some()),
         ("grant_window", r.grant_window.is_some()),
+        ("factors", r.factors.is_some()),
+        ("denials", r.denials.is_some()),
+        ("escalate_after", r.escalate_after.is_some()),
+        ("escalate_to", r.escalate_to.is_some()),
+        ("escalation_can_approve", r.escalation_can_approve),
+        ("break_glass", !r.break_glass.is_empty()),
     ];
     let action = match r.action.as_str() {
         "allow" | "deny" => {
@@ -1134,6 +1183,7 @@ fn validate_rule(
             token_policies: r.token_policies.clone(),
         },
         action,
+        require_justification: r.require_justification,
     })
 }
 
@@ -1142,37 +1192,116 @@ fn validate_hold(
     r: &RawRule,
     group_sizes: &HashMap<&str, u32>,
 ) -> Result<HoldSpec, ConfigError> {
-    let group = r.approvers.clone().ok_or_else(|| {
-        invalid(
-            format!("{key}.approvers"),
-            "a hold rule must name an approver group",
-        )
-    })?;
-    // Fail closed: a hold nobody could approve, or approved by nobody, is a config error.
-    let approvals = match r.approvals {
+    // Either one factor (`approvers` + `approvals`) or a list of `factors`.
+    let raw_factors: Vec<(String, String, Option<u32>)> = match (&r.factors, &r.approvers) {
+        (Some(_), Some(_)) | (Some(_), None) if r.approvals.is_some() => {
+            return Err(invalid(
+                format!("{key}.factors"),
+                "give either approvers + approvals, or factors, not both",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{key}.factors"),
+                "give either approvers + approvals, or factors, not both",
+            ))
+        }
+        (Some(list), None) if list.is_empty() => {
+            return Err(invalid(
+                format!("{key}.factors"),
+                "must list at least one {group, approvals}",
+            ))
+        }
+        (Some(list), None) => list
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                (
+                    format!("{key}.factors[{i}]"),
+                    f.group.clone(),
+                    Some(f.approvals),
+                )
+            })
+            .collect(),
+        (None, Some(group)) => vec![(key.to_string(), group.clone(), r.approvals)],
+        (None, None) => {
+            return Err(invalid(
+                format!("{key}.approvers"),
+                "a hold rule must name an approver group (approvers = \"...\") or factors",
+            ))
+        }
+    };
+    let mut factors = Vec::with_capacity(raw_factors.len());
+    for (fkey, group, approvals) in raw_factors {
+        // Fail closed: a hold nobody could approve, or approved by nobody, is a config error.
+        let approvals = match approvals {
+            None => NonZeroU32::MIN,
+            Some(n) => NonZeroU32::new(n).ok_or_else(|| {
+                invalid(
+                    format!("{fkey}.approvals"),
+                    "0 is not allowed: a rule that needs approval needs at least 1",
+                )
+            })?,
+        };
+        let members = group_sizes.get(group.as_str()).copied().unwrap_or(0);
+        if members == 0 {
+            return Err(invalid(
+                format!("{fkey}.approvers"),
+                format!(
+                    "group {group:?} has no approvers; add approvers with groups = [{group:?}]"
+                ),
+            ));
+        }
+        if approvals.get() > members {
+            return Err(invalid(
+                format!("{fkey}.approvals"),
+                format!(
+                    "{approvals} approvals needed but group {group:?} has only {members} approver(s)"
+                ),
+            ));
+        }
+        if factors.iter().any(|f: &Factor| f.group == group) {
+            return Err(invalid(
+                format!("{fkey}.group"),
+                format!("group {group:?} is listed twice; raise its approvals instead"),
+            ));
+        }
+        factors.push(Factor { group, approvals });
+    }
+    let denials = match r.denials {
         None => NonZeroU32::MIN,
         Some(n) => NonZeroU32::new(n).ok_or_else(|| {
             invalid(
-                format!("{key}.approvals"),
-                "0 is not allowed: a rule that needs approval needs at least 1",
+                format!("{key}.denials"),
+                "0 is not allowed: at least one denial must be able to decide",
             )
         })?,
     };
-    let members = group_sizes.get(group.as_str()).copied().unwrap_or(0);
-    if members == 0 {
-        return Err(invalid(
-            format!("{key}.approvers"),
-            format!("group {group:?} has no approvers; add approvers with groups = [{group:?}]"),
-        ));
-    }
-    if approvals.get() > members {
-        return Err(invalid(
-            format!("{key}.approvals"),
-            format!(
-                "{approvals} approvals needed but group {group:?} has only {members} approver(s)"
-            ),
-        ));
-    }
+    let escalation = match (&r.escalate_after, &r.escalate_to) {
+        (None, None) => {
+            if r.escalation_can_approve {
+                return Err(invalid(
+                    format!("{key}.escalation_can_approve"),
+                    "needs escalate_after and escalate_to",
+                ));
+            }
+            None
+        }
+        (Some(after), Some(group)) => {
+            if group_sizes.get(group.as_str()).copied().unwrap_or(0) == 0 {
+                return Err(invalid(
+                    format!("{key}.escalate_to"),
+                    format!("group {group:?} has no approvers"),
+                ));
+            }
+            Some(Escalation {
+                group: group.clone(),
+                after: duration(&format!("{key}.escalate_after"), after)?,
+                can_approve: r.escalation_can_approve,
+            })
+        }
+        _ => return Err(invalid(key, "escalate_after and escalate_to go together")),
+    };
     let dur = |k: &str, v: &Option<String>, default: Duration| match v {
         Some(s) => duration(&format!("{key}.{k}"), s),
         None => Ok(default),
@@ -1221,9 +1350,25 @@ fn validate_hold(
             ))
         }
     };
+    if let Some(e) = &escalation {
+        if e.after >= request_ttl {
+            return Err(invalid(
+                format!("{key}.escalate_after"),
+                "must be shorter than request_ttl, or the request expires before anyone is asked",
+            ));
+        }
+    }
+    let mut factors = factors.into_iter();
+    let first = factors
+        .next()
+        .ok_or_else(|| invalid(key, "a hold rule needs at least one approval factor"))?;
     Ok(HoldSpec {
-        approver_group: group,
-        approvals,
+        approver_group: first.group,
+        approvals: first.approvals,
+        extra_factors: factors.collect(),
+        denials,
+        escalation,
+        break_glass: r.break_glass.clone(),
         hold_window,
         request_ttl,
         approval_ttl,

@@ -4,16 +4,26 @@
 //! (see `holds`).
 //!
 //! ```text
-//!            approve (quorum met)            take_grant (uses left, not expired)
+//!            approve (every factor met)      take_grant (uses left, not expired)
 //! Pending ─────────────────────────► Approved ──┐
-//!    │ deny            │ expire                 └─ spent when uses_left == 0
-//!    ▼                 ▼
-//! Denied            Expired        (expired = denied: never allowed)
+//!    │ deny (denial quorum)  │ expire           └─ spent when uses_left == 0
+//!    ▼                       ▼
+//! Denied                  Expired        (expired = denied: never allowed)
+//!
+//! Bypassed (break-glass): created already executed; awaits acknowledgement.
 //! ```
+//!
+//! Quorum: a hold names one or more factors ("2 from secops AND 1 from
+//! payments-owners"). Each approver fills at most one slot; approvals are
+//! assigned to factors by a bipartite matching, so the quorum is met exactly
+//! when distinct people can cover every slot. The workload's owner (a person
+//! or a group) never counts. Escalation approvers may fill any slot.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use std::time::Duration;
 
 use crate::policy::{Front, GrantSpec, HoldSpec, OpClass};
 use crate::timestamp::Timestamp;
@@ -25,14 +35,17 @@ pub enum State {
     Approved,
     Denied,
     Expired,
+    /// A break-glass identity bypassed the hold: executed at once, reviewed after.
+    Bypassed,
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
+    pub const ALL: [State; 5] = [
         State::Pending,
         State::Approved,
         State::Denied,
         State::Expired,
+        State::Bypassed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +54,7 @@ impl State {
             State::Approved => "approved",
             State::Denied => "denied",
             State::Expired => "expired",
+            State::Bypassed => "bypassed",
         }
     }
 
@@ -82,6 +96,75 @@ pub struct Review {
     pub approver: String,
     pub at: Timestamp,
     pub comment: Option<String>,
+    /// Factors (indexes into `HoldSpec::factors`) this approver could fill
+    /// when they reviewed. Empty in records from before factors existed,
+    /// which means the first factor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<usize>,
+    /// What the approver narrowed the grant to, if anything.
+    #[serde(default, skip_serializing_if = "Narrowing::is_none")]
+    pub narrowed: Narrowing,
+}
+
+/// An approver may grant less than the rule allows, never more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Narrowing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration_ms"
+    )]
+    pub window: Option<Duration>,
+}
+
+impl Narrowing {
+    pub fn is_none(&self) -> bool {
+        self.uses.is_none() && self.window.is_none()
+    }
+}
+
+mod opt_duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// Who owns a workload: their approval never counts for its requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Person(String),
+    /// Every member of the group.
+    Group(String),
+}
+
+impl Owner {
+    pub fn owns(&self, reviewer: Reviewer<'_>) -> bool {
+        match self {
+            Owner::Person(p) => p == reviewer.name,
+            Owner::Group(g) => reviewer.groups.contains(g),
+        }
+    }
+}
+
+/// A break-glass bypass and its after-the-fact acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bypass {
+    pub by: String,
+    pub reason: String,
+    pub at: Timestamp,
+    pub acknowledged: Option<Review>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +178,13 @@ pub struct Denial {
 pub struct Grant {
     pub uses_left: u32,
     pub expires_at: Timestamp,
+    /// A window grant's length once used (the rule's, or narrower).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration_ms"
+    )]
+    pub window: Option<Duration>,
     /// Each execution made under this grant, for post-approval review.
     pub used_at: Vec<Timestamp>,
 }
@@ -108,7 +198,15 @@ pub struct HeldRequest {
     pub spec: HoldSpec,
     pub state: State,
     pub approvals: Vec<Review>,
+    /// Denials so far, when a rule needs more than one to decide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<Review>,
     pub denial: Option<Denial>,
+    /// When the escalation group was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypass: Option<Bypass>,
     pub grant: Option<Grant>,
     pub created_at: Timestamp,
     /// Deadline for a decision; a request still pending then is expired.
@@ -133,8 +231,14 @@ pub enum ReviewError {
     NotInGroup { approver: String, group: String },
     #[error("{approver} owns identity {identity} and cannot review its requests")]
     Owner { approver: String, identity: String },
-    #[error("{0} has already approved this request")]
+    #[error("{0} has already reviewed this request")]
     AlreadyApproved(String),
+    #[error("the grant can only be narrowed: {0}")]
+    Widens(String),
+    #[error("this request was not a break-glass bypass")]
+    NotBypassed,
+    #[error("this bypass was already acknowledged by {0}")]
+    AlreadyAcknowledged(String),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -143,6 +247,10 @@ pub enum ReviewOutcome {
     Counted { have: u32, need: u32 },
     /// Quorum met: the request is approved and carries a grant.
     Approved,
+    /// The denial counted; more are needed to deny.
+    DenialCounted { have: u32, need: u32 },
+    /// Denied.
+    Denied,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -173,7 +281,10 @@ impl HeldRequest {
             spec,
             state: State::Pending,
             approvals: Vec::new(),
+            denials: Vec::new(),
             denial: None,
+            escalated_at: None,
+            bypass: None,
             grant: None,
             created_at: now,
             expires_at,
@@ -181,81 +292,252 @@ impl HeldRequest {
         }
     }
 
+    /// A break-glass request: executed at once by `by`, reviewed afterwards.
+    pub fn bypassed(
+        id: String,
+        subject: Subject,
+        rule: String,
+        reasons: Vec<String>,
+        spec: HoldSpec,
+        reason: String,
+        now: Timestamp,
+    ) -> HeldRequest {
+        let by = subject.identity.clone();
+        let mut r = HeldRequest::new(id, subject, rule, reasons, spec, now);
+        r.state = State::Bypassed;
+        r.decided_at = Some(now);
+        r.bypass = Some(Bypass {
+            by,
+            reason,
+            at: now,
+            acknowledged: None,
+        });
+        r
+    }
+
+    /// The factors `reviewer` may fill; empty if they may not review at all.
+    fn eligible_factors(&self, reviewer: Reviewer<'_>) -> Vec<usize> {
+        let factors = self.spec.factors();
+        let escalated_approver = self.escalated_at.is_some()
+            && self
+                .spec
+                .escalation
+                .as_ref()
+                .is_some_and(|e| e.can_approve && reviewer.groups.contains(&e.group));
+        (0..factors.len())
+            .filter(|&i| escalated_approver || reviewer.groups.contains(&factors[i].group))
+            .collect()
+    }
+
     fn check_reviewable(
         &self,
         reviewer: Reviewer<'_>,
-        owner: Option<&str>,
+        owner: Option<&Owner>,
         now: Timestamp,
-    ) -> Result<(), ReviewError> {
+    ) -> Result<Vec<usize>, ReviewError> {
         if self.state != State::Pending {
             return Err(ReviewError::NotPending(self.state));
         }
         if now >= self.expires_at {
             return Err(ReviewError::Expired);
         }
-        if !reviewer.groups.contains(&self.spec.approver_group) {
+        let eligible = self.eligible_factors(reviewer);
+        if eligible.is_empty() {
             return Err(ReviewError::NotInGroup {
                 approver: reviewer.name.to_string(),
-                group: self.spec.approver_group.clone(),
+                group: self
+                    .spec
+                    .factors()
+                    .iter()
+                    .map(|f| f.group.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
             });
         }
-        if owner == Some(reviewer.name) {
+        if owner.is_some_and(|o| o.owns(reviewer)) {
             return Err(ReviewError::Owner {
                 approver: reviewer.name.to_string(),
                 identity: self.subject.identity.clone(),
             });
         }
+        let reviewed = |list: &[Review]| list.iter().any(|r| r.approver == reviewer.name);
+        if reviewed(&self.approvals) || reviewed(&self.denials) {
+            return Err(ReviewError::AlreadyApproved(reviewer.name.to_string()));
+        }
+        Ok(eligible)
+    }
+
+    /// Check that `narrowed` grants no more than the rule allows.
+    fn check_narrowing(&self, narrowed: Narrowing) -> Result<(), ReviewError> {
+        if narrowed.uses == Some(0) {
+            return Err(ReviewError::Widens(
+                "grant_uses must be at least 1 (deny instead)".into(),
+            ));
+        }
+        let max_uses = self.spec.grant.uses();
+        if let Some(uses) = narrowed.uses.filter(|&u| u > max_uses) {
+            return Err(ReviewError::Widens(format!(
+                "grant_uses {uses} is more than the rule's {max_uses}"
+            )));
+        }
+        if let Some(window) = narrowed.window {
+            match self.spec.grant {
+                GrantSpec::Once => {
+                    return Err(ReviewError::Widens(
+                        "the rule grants one use, which has no window to narrow".into(),
+                    ))
+                }
+                GrantSpec::Window { window: max, .. } if window > max => {
+                    return Err(ReviewError::Widens(format!(
+                        "grant_window {} is longer than the rule's {}",
+                        humantime::format_duration(window),
+                        humantime::format_duration(max)
+                    )))
+                }
+                GrantSpec::Window { .. } => {}
+            }
+        }
         Ok(())
     }
 
-    /// Record an approval. `owner` is the requesting identity's owner, whose
-    /// approval never counts for its own workload.
+    /// Record an approval. `owner` owns the requesting identity; their
+    /// approval never counts for its own workload. `narrowed` may shorten the
+    /// grant the rule would give.
     pub fn approve(
         &mut self,
         reviewer: Reviewer<'_>,
-        owner: Option<&str>,
+        owner: Option<&Owner>,
         comment: Option<String>,
+        narrowed: Narrowing,
         now: Timestamp,
     ) -> Result<ReviewOutcome, ReviewError> {
-        self.check_reviewable(reviewer, owner, now)?;
-        if self.approvals.iter().any(|r| r.approver == reviewer.name) {
-            return Err(ReviewError::AlreadyApproved(reviewer.name.to_string()));
-        }
+        let eligible = self.check_reviewable(reviewer, owner, now)?;
+        self.check_narrowing(narrowed)?;
         self.approvals.push(Review {
             approver: reviewer.name.to_string(),
             at: now,
             comment,
+            factors: eligible,
+            narrowed,
         });
-        let have = u32::try_from(self.approvals.len()).unwrap_or(u32::MAX);
-        let need = self.spec.approvals.get();
+        let need = self.spec.factors().iter().map(|f| f.approvals.get()).sum();
+        let have = filled_slots(&self.spec, &self.approvals);
         if have < need {
             return Ok(ReviewOutcome::Counted { have, need });
         }
         self.state = State::Approved;
         self.decided_at = Some(now);
+        // The narrowest any approver asked for wins.
+        let uses = self
+            .approvals
+            .iter()
+            .filter_map(|r| r.narrowed.uses)
+            .fold(self.spec.grant.uses(), u32::min);
+        let window = match self.spec.grant {
+            GrantSpec::Once => None,
+            GrantSpec::Window { window, .. } => Some(
+                self.approvals
+                    .iter()
+                    .filter_map(|r| r.narrowed.window)
+                    .fold(window, Duration::min),
+            ),
+        };
         self.grant = Some(Grant {
-            uses_left: self.spec.grant.uses(),
+            uses_left: uses,
             expires_at: now.plus(self.spec.approval_ttl),
+            window,
             used_at: Vec::new(),
         });
         Ok(ReviewOutcome::Approved)
     }
 
-    /// Deny with a reason; one denial decides the request.
+    /// Record a denial with a reason. The rule's `denials` (default 1)
+    /// decide the request.
     pub fn deny(
         &mut self,
         reviewer: Reviewer<'_>,
-        owner: Option<&str>,
+        owner: Option<&Owner>,
         reason: String,
         now: Timestamp,
-    ) -> Result<(), ReviewError> {
-        self.check_reviewable(reviewer, owner, now)?;
+    ) -> Result<ReviewOutcome, ReviewError> {
+        let eligible = self.check_reviewable(reviewer, owner, now)?;
+        self.denials.push(Review {
+            approver: reviewer.name.to_string(),
+            at: now,
+            comment: Some(reason.clone()),
+            factors: eligible,
+            narrowed: Narrowing::default(),
+        });
+        let have = u32::try_from(self.denials.len()).unwrap_or(u32::MAX);
+        let need = self.spec.denials.get();
+        if have < need {
+            return Ok(ReviewOutcome::DenialCounted { have, need });
+        }
         self.state = State::Denied;
         self.decided_at = Some(now);
         self.denial = Some(Denial {
             by: reviewer.name.to_string(),
             reason,
             at: now,
+        });
+        Ok(ReviewOutcome::Denied)
+    }
+
+    /// Mark a pending request escalated once `escalate_after` has passed.
+    /// Returns whether it changed.
+    pub fn escalate_if_due(&mut self, now: Timestamp) -> bool {
+        let Some(e) = &self.spec.escalation else {
+            return false;
+        };
+        if self.state == State::Pending
+            && self.escalated_at.is_none()
+            && now >= self.created_at.plus(e.after)
+            && now < self.expires_at
+        {
+            self.escalated_at = Some(now);
+            return true;
+        }
+        false
+    }
+
+    /// Acknowledge a break-glass bypass after the fact. Anyone who could
+    /// have reviewed the hold may, except the workload's owner.
+    pub fn acknowledge(
+        &mut self,
+        reviewer: Reviewer<'_>,
+        owner: Option<&Owner>,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), ReviewError> {
+        if self.state != State::Bypassed {
+            return Err(ReviewError::NotBypassed);
+        }
+        if !self
+            .spec
+            .reviewer_groups()
+            .any(|g| reviewer.groups.iter().any(|mine| mine == g))
+        {
+            return Err(ReviewError::NotInGroup {
+                approver: reviewer.name.to_string(),
+                group: self.spec.reviewer_groups().collect::<Vec<_>>().join(" or "),
+            });
+        }
+        if owner.is_some_and(|o| o.owns(reviewer)) {
+            return Err(ReviewError::Owner {
+                approver: reviewer.name.to_string(),
+                identity: self.subject.identity.clone(),
+            });
+        }
+        let bypass = self.bypass.as_mut().ok_or(ReviewError::NotBypassed)?;
+        if let Some(done) = &bypass.acknowledged {
+            return Err(ReviewError::AlreadyAcknowledged(done.approver.clone()));
+        }
+        bypass.acknowledged = Some(Review {
+            approver: reviewer.name.to_string(),
+            at: now,
+            comment,
+            factors: Vec::new(),
+            narrowed: Narrowing::default(),
         });
         Ok(())
     }
@@ -285,7 +567,7 @@ impl HeldRequest {
             return Err(GrantError::Expired);
         }
         if let (GrantSpec::Window { window, .. }, true) = (spec, grant.used_at.is_empty()) {
-            grant.expires_at = now.plus(window);
+            grant.expires_at = now.plus(grant.window.unwrap_or(window));
         }
         grant.uses_left -= 1;
         grant.used_at.push(now);
@@ -301,9 +583,61 @@ impl HeldRequest {
                 .grant
                 .as_ref()
                 .is_some_and(|g| g.uses_left > 0 && now < g.expires_at),
-            State::Denied | State::Expired => false,
+            State::Denied | State::Expired | State::Bypassed => false,
         }
     }
+}
+
+/// How many approval slots distinct approvers can fill: a maximum bipartite
+/// matching of approvers to slots (Kuhn's augmenting paths; a handful of
+/// people and slots, so the simple algorithm is plenty).
+fn filled_slots(spec: &HoldSpec, approvals: &[Review]) -> u32 {
+    // One slot per required approval, labelled with its factor.
+    let slots: Vec<usize> = spec
+        .factors()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| std::iter::repeat(i).take(f.approvals.get() as usize))
+        .collect();
+    let can_fill = |person: usize, slot: usize| {
+        let factors = &approvals[person].factors;
+        if factors.is_empty() {
+            slots[slot] == 0
+        } else {
+            factors.contains(&slots[slot])
+        }
+    };
+    let mut owner_of_slot: Vec<Option<usize>> = vec![None; slots.len()];
+    fn augment(
+        person: usize,
+        seen: &mut [bool],
+        owner_of_slot: &mut [Option<usize>],
+        can_fill: &dyn Fn(usize, usize) -> bool,
+    ) -> bool {
+        for slot in 0..owner_of_slot.len() {
+            if seen[slot] || !can_fill(person, slot) {
+                continue;
+            }
+            seen[slot] = true;
+            let free = match owner_of_slot[slot] {
+                None => true,
+                Some(other) => augment(other, seen, owner_of_slot, can_fill),
+            };
+            if free {
+                owner_of_slot[slot] = Some(person);
+                return true;
+            }
+        }
+        false
+    }
+    let mut filled = 0;
+    for person in 0..approvals.len() {
+        let mut seen = vec![false; slots.len()];
+        if augment(person, &mut seen, &mut owner_of_slot, &can_fill) {
+            filled += 1;
+        }
+    }
+    filled
 }
 
 #[cfg(test)]
@@ -316,6 +650,10 @@ mod tests {
         HoldSpec {
             approver_group: "secops".into(),
             approvals: NonZeroU32::new(approvals).expect("nonzero"),
+            extra_factors: vec![],
+            denials: NonZeroU32::MIN,
+            escalation: None,
+            break_glass: vec![],
             hold_window: Duration::from_secs(20),
             request_ttl: Duration::from_secs(60),
             approval_ttl: Duration::from_secs(30),
@@ -356,7 +694,7 @@ mod tests {
 
     enum Step {
         Approve(&'static str, Result<ReviewOutcome, ReviewError>),
-        Deny(&'static str, Result<(), ReviewError>),
+        Deny(&'static str, Result<ReviewOutcome, ReviewError>),
         Take(Result<(), GrantError>),
         Expire(bool),
     }
@@ -365,6 +703,7 @@ mod tests {
     fn check(approvals: u32, grant: GrantSpec, steps: Vec<(u64, Step)>, end: State) {
         let mut r = held(approvals, grant);
         let groups = secops();
+        let owner = Owner::Person("owner".into());
         for (i, (at, step)) in steps.into_iter().enumerate() {
             let now = t(at);
             match step {
@@ -374,8 +713,9 @@ mod tests {
                             name: who,
                             groups: &groups,
                         },
-                        Some("owner"),
+                        Some(&owner),
                         None,
+                        Narrowing::default(),
                         now,
                     );
                     assert_eq!(got, want, "step {i}");
@@ -386,7 +726,7 @@ mod tests {
                             name: who,
                             groups: &groups,
                         },
-                        Some("owner"),
+                        Some(&owner),
                         "no".into(),
                         now,
                     );
@@ -461,7 +801,7 @@ mod tests {
                     1,
                     Approve("alice", Ok(ReviewOutcome::Counted { have: 1, need: 2 })),
                 ),
-                (2, Deny("bob", Ok(()))),
+                (2, Deny("bob", Ok(ReviewOutcome::Denied))),
                 (
                     3,
                     Approve("carol", Err(ReviewError::NotPending(State::Denied))),
@@ -544,6 +884,7 @@ mod tests {
             },
             None,
             None,
+            Narrowing::default(),
             t(1),
         );
         assert_eq!(
@@ -569,11 +910,244 @@ mod tests {
             },
             None,
             None,
+            Narrowing::default(),
             t(1),
         )
         .expect("approve");
         assert!(r.is_live(t(2)));
         r.take_grant(t(2)).expect("take");
         assert!(!r.is_live(t(3)));
+    }
+
+    fn factored(factors: &[(&str, u32)], denials: u32, grant: GrantSpec) -> HeldRequest {
+        let mut r = held(1, grant);
+        let (first, rest) = factors.split_first().expect("a factor");
+        r.spec.approver_group = first.0.into();
+        r.spec.approvals = NonZeroU32::new(first.1).expect("nonzero");
+        r.spec.extra_factors = rest
+            .iter()
+            .map(|(g, n)| crate::policy::Factor {
+                group: g.to_string(),
+                approvals: NonZeroU32::new(*n).expect("nonzero"),
+            })
+            .collect();
+        r.spec.denials = NonZeroU32::new(denials).expect("nonzero");
+        r
+    }
+
+    fn groups(list: &[&str]) -> Vec<String> {
+        list.iter().map(|g| g.to_string()).collect()
+    }
+
+    fn approve_as(
+        r: &mut HeldRequest,
+        who: &str,
+        member_of: &[&str],
+        owner: Option<&Owner>,
+        at: u64,
+    ) -> Result<ReviewOutcome, ReviewError> {
+        let g = groups(member_of);
+        r.approve(
+            Reviewer {
+                name: who,
+                groups: &g,
+            },
+            owner,
+            None,
+            Narrowing::default(),
+            t(at),
+        )
+    }
+
+    #[test]
+    fn every_factor_must_be_met_by_distinct_people() {
+        let mut r = factored(&[("secops", 1), ("payments-owners", 1)], 1, GrantSpec::Once);
+        // Alice is in both groups: she fills one slot, not two.
+        assert_eq!(
+            approve_as(&mut r, "alice", &["secops", "payments-owners"], None, 1),
+            Ok(ReviewOutcome::Counted { have: 1, need: 2 })
+        );
+        // Bob is only in secops; the matching moves Alice to payments-owners.
+        assert_eq!(
+            approve_as(&mut r, "bob", &["secops"], None, 2),
+            Ok(ReviewOutcome::Approved)
+        );
+    }
+
+    #[test]
+    fn two_people_from_one_group_do_not_meet_a_second_factor() {
+        let mut r = factored(&[("secops", 1), ("payments-owners", 1)], 1, GrantSpec::Once);
+        assert_eq!(
+            approve_as(&mut r, "alice", &["secops"], None, 1),
+            Ok(ReviewOutcome::Counted { have: 1, need: 2 })
+        );
+        assert_eq!(
+            approve_as(&mut r, "bob", &["secops"], None, 2),
+            Ok(ReviewOutcome::Counted { have: 1, need: 2 })
+        );
+        assert_eq!(
+            approve_as(&mut r, "bob", &["secops"], None, 3),
+            Err(ReviewError::AlreadyApproved("bob".into())),
+            "a person counts once"
+        );
+        assert_eq!(
+            approve_as(&mut r, "pat", &["payments-owners"], None, 4),
+            Ok(ReviewOutcome::Approved)
+        );
+    }
+
+    #[test]
+    fn an_owner_group_never_counts() {
+        let mut r = factored(&[("secops", 1)], 1, GrantSpec::Once);
+        let owner = Owner::Group("payments-team".into());
+        assert!(matches!(
+            approve_as(
+                &mut r,
+                "dana",
+                &["secops", "payments-team"],
+                Some(&owner),
+                1
+            ),
+            Err(ReviewError::Owner { .. })
+        ));
+        assert_eq!(
+            approve_as(&mut r, "alice", &["secops"], Some(&owner), 2),
+            Ok(ReviewOutcome::Approved)
+        );
+    }
+
+    #[test]
+    fn a_rule_may_need_several_denials() {
+        let mut r = factored(&[("secops", 2)], 2, GrantSpec::Once);
+        let g = groups(&["secops"]);
+        let deny = |r: &mut HeldRequest, who: &str, at| {
+            r.deny(
+                Reviewer {
+                    name: who,
+                    groups: &g,
+                },
+                None,
+                "no".into(),
+                t(at),
+            )
+        };
+        assert_eq!(
+            deny(&mut r, "alice", 1),
+            Ok(ReviewOutcome::DenialCounted { have: 1, need: 2 })
+        );
+        assert_eq!(r.state, State::Pending);
+        assert_eq!(deny(&mut r, "bob", 2), Ok(ReviewOutcome::Denied));
+        assert_eq!(r.denial.as_ref().map(|d| d.by.as_str()), Some("bob"));
+    }
+
+    #[test]
+    fn approvers_may_narrow_the_grant_but_never_widen_it() {
+        let window = GrantSpec::Window {
+            uses: NonZeroU32::new(5).expect("nonzero"),
+            window: Duration::from_secs(600),
+        };
+        let mut r = factored(&[("secops", 2)], 1, window);
+        let g = groups(&["secops"]);
+        let narrow = |r: &mut HeldRequest, who: &str, uses, mins: u64| {
+            r.approve(
+                Reviewer {
+                    name: who,
+                    groups: &g,
+                },
+                None,
+                None,
+                Narrowing {
+                    uses,
+                    window: Some(Duration::from_secs(mins * 60)),
+                },
+                t(1),
+            )
+        };
+        assert!(matches!(
+            narrow(&mut r, "alice", Some(6), 5),
+            Err(ReviewError::Widens(_))
+        ));
+        assert!(matches!(
+            narrow(&mut r, "alice", Some(2), 11),
+            Err(ReviewError::Widens(_))
+        ));
+        assert!(
+            r.approvals.is_empty(),
+            "a refused narrowing records nothing"
+        );
+        assert_eq!(
+            narrow(&mut r, "alice", Some(3), 10),
+            Ok(ReviewOutcome::Counted { have: 1, need: 2 })
+        );
+        assert_eq!(narrow(&mut r, "bob", None, 2), Ok(ReviewOutcome::Approved));
+        let grant = r.grant.clone().expect("grant");
+        assert_eq!(grant.uses_left, 3, "the narrowest uses win");
+        assert_eq!(
+            grant.window,
+            Some(Duration::from_secs(120)),
+            "the narrowest window wins"
+        );
+        r.take_grant(t(2)).expect("first use");
+        assert_eq!(r.take_grant(t(2 + 121)), Err(GrantError::Expired));
+    }
+
+    #[test]
+    fn escalation_is_due_once_and_lets_the_escalation_group_approve() {
+        let mut r = factored(&[("secops", 1)], 1, GrantSpec::Once);
+        r.spec.escalation = Some(crate::policy::Escalation {
+            group: "leads".into(),
+            after: Duration::from_secs(10),
+            can_approve: true,
+        });
+        assert!(matches!(
+            approve_as(&mut r, "lee", &["leads"], None, 5),
+            Err(ReviewError::NotInGroup { .. })
+        ));
+        assert!(!r.escalate_if_due(t(9)));
+        assert!(r.escalate_if_due(t(10)));
+        assert!(!r.escalate_if_due(t(11)), "escalates once");
+        assert_eq!(
+            approve_as(&mut r, "lee", &["leads"], None, 12),
+            Ok(ReviewOutcome::Approved)
+        );
+    }
+
+    #[test]
+    fn a_bypass_is_acknowledged_once_by_a_reviewer_who_is_not_the_owner() {
+        let subject = held(1, GrantSpec::Once).subject;
+        let mut r = HeldRequest::bypassed(
+            "b1".into(),
+            subject,
+            "prod-read".into(),
+            vec![],
+            spec(1, GrantSpec::Once),
+            "incident 42".into(),
+            t(0),
+        );
+        assert_eq!(r.state, State::Bypassed);
+        assert!(!r.is_live(t(0)));
+        let g = groups(&["secops"]);
+        let outsider = groups(&["payments"]);
+        let reviewer = |name, groups| Reviewer { name, groups };
+        assert!(matches!(
+            r.acknowledge(reviewer("carol", &outsider), None, None, t(1)),
+            Err(ReviewError::NotInGroup { .. })
+        ));
+        let owner = Owner::Person("bob".into());
+        assert!(matches!(
+            r.acknowledge(reviewer("bob", &g), Some(&owner), None, t(1)),
+            Err(ReviewError::Owner { .. })
+        ));
+        r.acknowledge(reviewer("alice", &g), Some(&owner), Some("ok".into()), t(2))
+            .expect("ack");
+        assert_eq!(
+            r.acknowledge(reviewer("dave", &g), None, None, t(3)),
+            Err(ReviewError::AlreadyAcknowledged("alice".into()))
+        );
+        let mut pending = held(1, GrantSpec::Once);
+        assert_eq!(
+            pending.acknowledge(reviewer("alice", &g), None, None, t(1)),
+            Err(ReviewError::NotBypassed)
+        );
     }
 }

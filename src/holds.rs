@@ -15,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 
 use crate::audit::{AuditEvent, AuditKind, SYSTEM_ACTOR};
+use crate::events::{EventHub, EventKind, GateEvent};
 use crate::gate::{
-    Denial, GrantError, HeldRequest, ReviewError, ReviewOutcome, Reviewer, State, Subject,
+    Denial, GrantError, HeldRequest, Narrowing, Owner, ReviewError, ReviewOutcome, Reviewer, State,
+    Subject,
 };
 use crate::policy::HoldSpec;
 use crate::store::{Commit, Store, StoreError};
@@ -44,6 +46,8 @@ fn outcome_of(r: &HeldRequest) -> Outcome {
             at: r.created_at,
         })),
         State::Expired => Outcome::Expired,
+        // Never live: a bypass is executed when it is recorded.
+        State::Bypassed => Outcome::Approved,
     }
 }
 
@@ -132,8 +136,13 @@ pub enum HoldError {
 }
 
 pub enum ReviewAction {
-    Approve { comment: Option<String> },
-    Deny { reason: String },
+    Approve {
+        comment: Option<String>,
+        narrowed: Narrowing,
+    },
+    Deny {
+        reason: String,
+    },
 }
 
 pub struct Holds {
@@ -143,6 +152,8 @@ pub struct Holds {
     max_pending_total: usize,
     /// Flipped once at shutdown; every `wait` watches it.
     closing: watch::Sender<bool>,
+    /// Where transitions are announced (SSE, webhooks) once durable.
+    events: EventHub,
 }
 
 fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> AuditEvent {
@@ -176,6 +187,7 @@ impl Holds {
             max_pending_per_identity,
             max_pending_total,
             closing: watch::channel(false).0,
+            events: EventHub::default(),
         })
     }
 
@@ -271,6 +283,13 @@ impl Holds {
                 events: vec![e],
             })
             .await?;
+        self.events.publish(GateEvent::new(
+            EventKind::Created,
+            crate::audit::POLICY_ACTOR,
+            request.subject.justification.clone(),
+            &request,
+            now,
+        ));
         let id = request.id.clone();
         let rx = live.insert(request);
         Ok(Admit::Waiting { id, rx })
@@ -339,10 +358,10 @@ impl Holds {
         &self,
         id: &str,
         reviewer: Reviewer<'_>,
-        owner: Option<&str>,
+        owner: Option<&Owner>,
         action: ReviewAction,
         now: Timestamp,
-    ) -> Result<HeldRequest, HoldError> {
+    ) -> Result<(HeldRequest, ReviewOutcome), HoldError> {
         let mut live = self.live.lock().await;
         let Some(entry) = live.by_id.get(id) else {
             // Not live: either decided long ago or unknown.
@@ -352,35 +371,18 @@ impl Holds {
             };
         };
         let mut next = entry.request.clone();
-        let result = match action {
-            ReviewAction::Approve { comment } => {
-                let detail = comment.clone();
-                next.approve(reviewer, owner, comment, now).map(|o| {
-                    let mut e = event(AuditKind::Approved, reviewer.name, &next, now);
-                    e.detail = Some(match o {
-                        ReviewOutcome::Counted { have, need } => {
-                            format!(
-                                "approval {have} of {need}; comment: {}",
-                                detail.unwrap_or_default()
-                            )
-                        }
-                        ReviewOutcome::Approved => {
-                            format!("approved; comment: {}", detail.unwrap_or_default())
-                        }
-                    });
-                    e
-                })
-            }
-            ReviewAction::Deny { reason } => {
-                next.deny(reviewer, owner, reason.clone(), now).map(|()| {
-                    let mut e = event(AuditKind::Rejected, reviewer.name, &next, now);
-                    e.detail = Some(reason);
-                    e
-                })
-            }
+        let (result, comment) = match action {
+            ReviewAction::Approve { comment, narrowed } => (
+                next.approve(reviewer, owner, comment.clone(), narrowed, now),
+                comment,
+            ),
+            ReviewAction::Deny { reason } => (
+                next.deny(reviewer, owner, reason.clone(), now),
+                Some(reason),
+            ),
         };
-        let e = match result {
-            Ok(e) => e,
+        let outcome = match result {
+            Ok(o) => o,
             Err(ReviewError::Expired) => {
                 drop(live);
                 self.sweep(now).await?;
@@ -388,6 +390,30 @@ impl Holds {
             }
             Err(other) => return Err(other.into()),
         };
+        let (kind, published, detail) = match &outcome {
+            ReviewOutcome::Counted { have, need } => (
+                AuditKind::Approved,
+                EventKind::Reviewed,
+                format!("approval {have} of {need}"),
+            ),
+            ReviewOutcome::Approved => (
+                AuditKind::Approved,
+                EventKind::Approved,
+                "approved".to_string(),
+            ),
+            ReviewOutcome::DenialCounted { have, need } => (
+                AuditKind::Rejected,
+                EventKind::Reviewed,
+                format!("denial {have} of {need}"),
+            ),
+            ReviewOutcome::Denied => (AuditKind::Rejected, EventKind::Denied, "denied".to_string()),
+        };
+        // Every review is its own audit record: reviewer, decision, comment, time.
+        let mut e = event(kind, reviewer.name, &next, now);
+        e.detail = Some(match &comment {
+            Some(c) => format!("{detail}; comment: {c}"),
+            None => detail,
+        });
         self.store
             .commit(Commit {
                 relaxed: false,
@@ -399,7 +425,107 @@ impl Holds {
             entry.request = next.clone();
             entry.announce.send_replace(outcome_of(&next));
         }
+        self.events.publish(GateEvent::new(
+            published,
+            reviewer.name,
+            comment,
+            &next,
+            now,
+        ));
+        Ok((next, outcome))
+    }
+
+    /// A break-glass identity bypasses the hold: the request is recorded as
+    /// executed (`request.bypassed`) and waits in the review queue until
+    /// someone acknowledges it.
+    pub async fn bypass(
+        &self,
+        subject: Subject,
+        rule: &str,
+        reasons: Vec<String>,
+        spec: &HoldSpec,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<HeldRequest, StoreError> {
+        let request = HeldRequest::bypassed(
+            uuid::Uuid::new_v4().to_string(),
+            subject,
+            rule.to_string(),
+            reasons,
+            spec.clone(),
+            reason.clone(),
+            now,
+        );
+        let mut e = event(
+            AuditKind::Bypassed,
+            &request.subject.identity,
+            &request,
+            now,
+        );
+        e.detail = Some(format!("break-glass: {reason}"));
+        e.client = request.subject.client.clone();
+        e.certificate = request.subject.certificate.clone();
+        self.store
+            .commit(Commit {
+                relaxed: false,
+                requests: vec![request.clone()],
+                events: vec![e],
+            })
+            .await?;
+        self.events.publish(GateEvent::new(
+            EventKind::Bypassed,
+            &request.subject.identity,
+            Some(reason),
+            &request,
+            now,
+        ));
+        Ok(request)
+    }
+
+    /// Acknowledge a bypass in the review queue.
+    pub async fn acknowledge(
+        &self,
+        id: &str,
+        reviewer: Reviewer<'_>,
+        owner: Option<&Owner>,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<HeldRequest, HoldError> {
+        // Serialized with every other transition.
+        let _live = self.live.lock().await;
+        let mut next = self
+            .store
+            .request(id)
+            .await?
+            .ok_or_else(|| HoldError::NotFound(id.to_string()))?;
+        next.acknowledge(reviewer, owner, comment.clone(), now)?;
+        let mut e = event(AuditKind::Acknowledged, reviewer.name, &next, now);
+        e.detail = comment.clone();
+        self.store
+            .commit(Commit {
+                relaxed: false,
+                requests: vec![next.clone()],
+                events: vec![e],
+            })
+            .await?;
+        self.events.publish(GateEvent::new(
+            EventKind::Acknowledged,
+            reviewer.name,
+            comment,
+            &next,
+            now,
+        ));
         Ok(next)
+    }
+
+    /// The hub transitions are announced on.
+    pub fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    /// A receiver that flips to `true` when keygate starts shutting down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Expire overdue pending requests and forget entries that no longer
@@ -407,10 +533,16 @@ impl Holds {
     pub async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError> {
         let mut live = self.live.lock().await;
         let mut expired = Vec::new();
+        let mut escalated = Vec::new();
         let mut forget = Vec::new();
         for (id, entry) in &live.by_id {
             let r = &entry.request;
-            if r.state == State::Pending && now >= r.expires_at {
+            if r.state == State::Pending && now < r.expires_at {
+                let mut due = r.clone();
+                if due.escalate_if_due(now) {
+                    escalated.push(due);
+                }
+            } else if r.state == State::Pending && now >= r.expires_at {
                 let mut due = r.clone();
                 due.expire_if_due(now);
                 expired.push(due);
@@ -442,6 +574,48 @@ impl Holds {
                 }
                 live.remove(&r.id);
             }
+        }
+        if !escalated.is_empty() {
+            let events = escalated
+                .iter()
+                .map(|r| {
+                    let mut e = event(AuditKind::Escalated, SYSTEM_ACTOR, r, now);
+                    e.detail = r
+                        .spec
+                        .escalation
+                        .as_ref()
+                        .map(|x| format!("no decision in time; asking {}", x.group));
+                    e
+                })
+                .collect();
+            self.store
+                .commit(Commit {
+                    relaxed: false,
+                    requests: escalated.clone(),
+                    events,
+                })
+                .await?;
+            for r in escalated {
+                if let Some(entry) = live.by_id.get_mut(&r.id) {
+                    entry.request = r.clone();
+                }
+                self.events.publish(GateEvent::new(
+                    EventKind::Escalated,
+                    SYSTEM_ACTOR,
+                    None,
+                    &r,
+                    now,
+                ));
+            }
+        }
+        for r in &expired {
+            self.events.publish(GateEvent::new(
+                EventKind::Expired,
+                SYSTEM_ACTOR,
+                None,
+                r,
+                now,
+            ));
         }
         for id in forget {
             live.remove(&id);
@@ -479,6 +653,10 @@ mod tests {
         HoldSpec {
             approver_group: "secops".into(),
             approvals: NonZeroU32::MIN,
+            extra_factors: vec![],
+            denials: NonZeroU32::MIN,
+            escalation: None,
+            break_glass: vec![],
             hold_window: Duration::from_millis(50),
             request_ttl: Duration::from_secs(60),
             approval_ttl: Duration::from_secs(60),
@@ -585,12 +763,15 @@ mod tests {
                 &id,
                 reviewer,
                 None,
-                ReviewAction::Approve { comment: None },
+                ReviewAction::Approve {
+                    comment: None,
+                    narrowed: Narrowing::default(),
+                },
                 t(5),
             )
             .await
             .expect("approve after restart");
-        assert_eq!(r.state, State::Approved);
+        assert_eq!(r.0.state, State::Approved);
         match h
             .admit(subject("app", "a"), "r", vec![], &spec(), t(6))
             .await

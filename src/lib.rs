@@ -28,6 +28,7 @@ pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod events;
 pub mod front;
 pub mod gate;
 pub mod glob;

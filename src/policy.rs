@@ -87,6 +87,8 @@ pub struct Policy {
     pub default: DefaultAction,
     pub rules: Vec<Rule>,
     index: RuleIndex,
+    /// Names of rules with `require_justification`.
+    justified: std::collections::HashSet<String>,
 }
 
 /// Which rules can apply to an identity, compiled once so that deciding does
@@ -232,6 +234,8 @@ pub struct Rule {
     pub resources: Vec<Glob>,
     pub conditions: Conditions,
     pub action: Action,
+    /// A request this rule decides must say why (`X-Keygate-Justification`).
+    pub require_justification: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -271,8 +275,22 @@ pub enum Action {
 /// lasts once used (`GrantSpec::Window::window`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct HoldSpec {
+    /// The first approval factor: `approvals` people from `approver_group`.
     pub approver_group: String,
     pub approvals: NonZeroU32,
+    /// Further factors, all of which must be met too (e.g. 1 from secops AND
+    /// 1 from the data owners). Each person fills at most one slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_factors: Vec<Factor>,
+    /// Denials that decide the request (default 1: any single denial).
+    #[serde(default = "one")]
+    pub denials: NonZeroU32,
+    /// Who is asked when nobody decides in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+    /// Identities that may bypass this hold with a reason (break-glass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub break_glass: Vec<String>,
     /// How long the client's connection is held open waiting for a decision.
     #[serde(with = "duration_ms")]
     pub hold_window: Duration,
@@ -281,6 +299,56 @@ pub struct HoldSpec {
     #[serde(with = "duration_ms")]
     pub approval_ttl: Duration,
     pub grant: GrantSpec,
+}
+
+fn one() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+/// `approvals` distinct people from `group`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Factor {
+    pub group: String,
+    pub approvals: NonZeroU32,
+}
+
+/// Ask `group` once a request has been pending for `after`; with
+/// `can_approve`, its members may then fill any approval slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Escalation {
+    pub group: String,
+    #[serde(rename = "after_ms", with = "duration_ms")]
+    pub after: Duration,
+    pub can_approve: bool,
+}
+
+impl HoldSpec {
+    /// Every approval factor, the first one first.
+    pub fn factors(&self) -> Vec<Factor> {
+        let mut all = Vec::with_capacity(1 + self.extra_factors.len());
+        all.push(Factor {
+            group: self.approver_group.clone(),
+            approvals: self.approvals,
+        });
+        all.extend(self.extra_factors.iter().cloned());
+        all
+    }
+
+    /// The groups whose members may review (factor groups, then escalation).
+    pub fn reviewer_groups(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.approver_group.as_str())
+            .chain(self.extra_factors.iter().map(|f| f.group.as_str()))
+            .chain(self.escalation.iter().map(|e| e.group.as_str()))
+    }
+
+    /// "2 from secops and 1 from payments-owners", for messages.
+    pub fn describe_quorum(&self) -> String {
+        self.factors()
+            .iter()
+            .map(|f| format!("{} from {}", f.approvals, f.group))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -436,7 +504,13 @@ impl fmt::Display for Mismatch<'_> {
 impl Policy {
     pub fn new(default: DefaultAction, rules: Vec<Rule>) -> Policy {
         let index = RuleIndex::build(&rules);
+        let justified = rules
+            .iter()
+            .filter(|r| r.require_justification)
+            .map(|r| r.name.clone())
+            .collect();
         Policy {
+            justified,
             default,
             rules,
             index,
@@ -471,6 +545,11 @@ impl Policy {
         }
     }
 
+    /// Whether requests decided by `rule` must carry a justification.
+    pub fn requires_justification(&self, rule: &str) -> bool {
+        !self.justified.is_empty() && self.justified.contains(rule)
+    }
+
     /// Every rule in order with why it did or did not match, then the decision.
     pub fn explain(&self, req: &Request<'_>, history: &ReadHistory, now: Timestamp) -> Vec<String> {
         let mut lines = Vec::new();
@@ -492,9 +571,8 @@ impl Policy {
                 spec,
                 reasons,
             } => format!(
-                "decision: hold by rule {rule}: {} approval(s) from group {}; {}",
-                spec.approvals,
-                spec.approver_group,
+                "decision: hold by rule {rule}: approval by {}; {}",
+                spec.describe_quorum(),
                 reasons.join("; ")
             ),
         });
@@ -735,6 +813,10 @@ mod tests {
         Action::Hold(HoldSpec {
             approver_group: group.into(),
             approvals: NonZeroU32::MIN,
+            extra_factors: vec![],
+            denials: NonZeroU32::MIN,
+            escalation: None,
+            break_glass: vec![],
             hold_window: Duration::from_secs(20),
             request_ttl: Duration::from_secs(3600),
             approval_ttl: Duration::from_secs(900),
@@ -753,6 +835,7 @@ mod tests {
             resources: resources.iter().map(|s| Glob::new(s)).collect(),
             conditions: Conditions::default(),
             action,
+            require_justification: false,
         }
     }
 

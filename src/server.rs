@@ -26,7 +26,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::config::Limits;
-use crate::front::Body;
 use crate::tls::peer::{self, Peer};
 use crate::tls::ReloadingTls;
 
@@ -57,7 +56,7 @@ pub enum Rejection {
 
 /// Serve `listener` until `shutdown` flips, then give open connections up to
 /// `grace` to finish. `reject` renders the server's own refusals.
-pub async fn serve<H, F, R>(
+pub async fn serve<H, F, R, B>(
     listener: Listener,
     handler: H,
     reject: R,
@@ -65,8 +64,10 @@ pub async fn serve<H, F, R>(
     grace: Duration,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-    R: Fn(Rejection, &http::Uri) -> Response<Body> + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    R: Fn(Rejection, &http::Uri) -> Response<B> + Clone + Send + Sync + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Listener {
         name,
@@ -194,7 +195,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<H, F, R>(
+    async fn run<H, F, R, B>(
         self,
         stream: TcpStream,
         tls: Option<Arc<ReloadingTls>>,
@@ -202,8 +203,10 @@ impl Connection {
         reject: R,
     ) where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<Body>> + Send + 'static,
-        R: Fn(Rejection, &http::Uri) -> Response<Body> + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        R: Fn(Rejection, &http::Uri) -> Response<B> + Clone + Send + Sync + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(tls) = tls else {
             let peer = self.peer(None);
@@ -245,12 +248,14 @@ impl Connection {
         }
     }
 
-    async fn drive<I, H, F, R>(mut self, io: TokioIo<I>, peer: Peer, handler: H, reject: R)
+    async fn drive<I, H, F, R, B>(mut self, io: TokioIo<I>, peer: Peer, handler: H, reject: R)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<Body>> + Send + 'static,
-        R: Fn(Rejection, &http::Uri) -> Response<Body> + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        R: Fn(Rejection, &http::Uri) -> Response<B> + Clone + Send + Sync + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::new());
         let over_capacity = self.over_capacity;
@@ -377,10 +382,10 @@ impl Drop for InFlight {
 
 /// Drive `fut` to completion unless the budget runs out first. While the
 /// budget is paused (an approval wait) no deadline applies.
-async fn within_budget<F, T>(fut: F, budget: &Budget, on_timeout: T) -> Response<Body>
+async fn within_budget<F, T, B>(fut: F, budget: &Budget, on_timeout: T) -> Response<B>
 where
-    F: Future<Output = Response<Body>>,
-    T: FnOnce() -> Response<Body>,
+    F: Future<Output = Response<B>>,
+    T: FnOnce() -> Response<B>,
 {
     tokio::pin!(fut);
     loop {

@@ -45,6 +45,7 @@ fn rule_for_identity(i: usize, identity: &str) -> Rule {
         resources: vec![Glob::new(&format!("team-{i}/*"))],
         conditions: Conditions::default(),
         action: Action::Allow,
+        require_justification: false,
     }
 }
 

@@ -31,6 +31,8 @@ use crate::upstream::{SecretsUpstream, ServiceError, UpstreamError};
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const TARGET_PREFIX: &str = "secretsmanager.";
 pub const JUSTIFICATION_HEADER: &str = "x-keygate-justification";
+/// A break-glass reason; see `policy::HoldSpec::break_glass`.
+pub const BREAK_GLASS_HEADER: &str = "x-keygate-break-glass";
 
 pub struct AwsFront {
     region: String,
@@ -177,6 +179,11 @@ impl AwsFront {
             digest_material: material.clone(),
             justification,
             facts: crate::policy::Facts::default(),
+            break_glass: parts
+                .headers
+                .get(BREAK_GLASS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             client: super::client_ip(&parts.extensions),
             certificate: super::cert_name(&parts.extensions),
         };

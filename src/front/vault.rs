@@ -24,7 +24,7 @@ use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
-use crate::front::aws::JUSTIFICATION_HEADER;
+use crate::front::aws::{BREAK_GLASS_HEADER, JUSTIFICATION_HEADER};
 use crate::policy::{Front, OpClass};
 use crate::secret::SecretBytes;
 use crate::tls::peer::CertIdentities;
@@ -249,6 +249,7 @@ impl VaultFront {
             ),
             justification: header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect()),
             facts: classified.facts.clone(),
+            break_glass: header(BREAK_GLASS_HEADER).map(str::to_string),
             client: super::client_ip(&parts.extensions),
             certificate: super::cert_name(&parts.extensions),
         };

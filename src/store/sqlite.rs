@@ -270,7 +270,7 @@ fn apply(
                 let live = match r.state {
                     State::Pending => true,
                     State::Approved => r.grant.as_ref().is_some_and(|g| g.uses_left > 0),
-                    State::Denied | State::Expired => false,
+                    State::Denied | State::Expired | State::Bypassed => false,
                 };
                 put_request
                     .execute(params![
