@@ -113,6 +113,44 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// GET `path` and hand each chunk of the (streaming) body to `on_chunk`
+    /// until the stream ends or `on_chunk` returns false.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut on_chunk: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                status,
+                message: value["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+                    .to_string(),
+            });
+        }
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(e))? {
+            if !on_chunk(&String::from_utf8_lossy(&chunk)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn base_url(addr: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.trim_end_matches('/').to_string()

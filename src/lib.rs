@@ -36,6 +36,7 @@ pub mod hardening;
 pub mod holds;
 pub mod policy;
 pub mod request_id;
+pub mod review_cli;
 pub mod secret;
 pub mod server;
 pub mod store;

@@ -110,6 +110,20 @@ enum RequestsAction {
         id: String,
         #[arg(long)]
         comment: Option<String>,
+        /// Narrow the grant to fewer uses than the rule allows.
+        #[arg(long)]
+        grant_uses: Option<u32>,
+        /// Narrow the grant to a shorter window than the rule's, e.g. 5m.
+        #[arg(long)]
+        grant_window: Option<String>,
+    },
+    /// Walk pending requests one by one: approve, deny or skip each.
+    Review,
+    /// Print new requests and decisions as they happen.
+    Watch {
+        /// Print each event's raw JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Deny a pending request (a reason is required).
     Deny {
@@ -326,17 +340,32 @@ async fn requests(admin: AdminArgs, action: RequestsAction) -> anyhow::Result<()
             let v = client.get(&format!("/admin/v1/requests/{id}")).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        RequestsAction::Approve { id, comment } => {
+        RequestsAction::Approve {
+            id,
+            comment,
+            grant_uses,
+            grant_window,
+        } => {
             let v = client
                 .post(
                     &format!("/admin/v1/requests/{id}/approve"),
-                    json!({ "comment": comment }),
+                    json!({ "comment": comment, "grant_uses": grant_uses, "grant_window": grant_window }),
                 )
                 .await?;
             println!(
                 "approved {id}: state {}",
                 v["state"].as_str().unwrap_or("?")
             );
+        }
+        RequestsAction::Review => {
+            let stdin = std::io::stdin();
+            let (approved, denied) =
+                keygate::review_cli::review(&client, &mut stdin.lock(), &mut std::io::stdout())
+                    .await?;
+            println!("\nreviewed: {approved} approved, {denied} denied");
+        }
+        RequestsAction::Watch { json } => {
+            keygate::review_cli::watch(&client, json, &mut std::io::stdout()).await?;
         }
         RequestsAction::Deny { id, reason } => {
             let v = client
