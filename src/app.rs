@@ -42,6 +42,8 @@ pub enum AppError {
     Aws(#[source] UpstreamError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("notifications: {0}")]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 pub struct App {
@@ -138,6 +140,12 @@ impl App {
             digest_key,
             config.audit,
         ));
+        // Runs until the event hub closes (when the app is dropped).
+        let _notifier = crate::notify::Notifier::spawn(
+            config.notify.clone(),
+            crate::notify::Directory::new(&config.approvers, &config.identities),
+            broker.holds().events().subscribe(),
+        )?;
         let identities: Vec<Arc<_>> = config.identities.iter().cloned().map(Arc::new).collect();
         let aws = AwsFront::new(
             config.server.region.clone(),

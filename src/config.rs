@@ -24,7 +24,9 @@ use crate::policy::{
 };
 use crate::secret::SecretString;
 
+mod notify;
 mod transport;
+pub use notify::{NotifyConfig, WebhookConfig, WebhookFormat};
 pub use transport::{ClientAuth, IpNet, Limits, ListenerTls, UpstreamTls};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub audit: AuditMode,
     pub policy: Policy,
+    pub notify: NotifyConfig,
 }
 
 /// When a decision's audit record must be durable.
@@ -246,6 +249,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    notify: notify::RawNotify,
 }
 
 #[derive(Deserialize, Default)]
@@ -641,7 +646,9 @@ impl RawConfig {
                 ))
             }
         };
+        let notify = notify::validate_notify(self.notify)?;
         Ok(Config {
+            notify,
             server,
             log,
             upstream,

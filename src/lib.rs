@@ -19,7 +19,8 @@
 //! - [`tls`]: listener TLS, certificate reload, client-certificate names.
 //! - [`server`]: listeners, limits and time budgets; [`hardening`]: process
 //!   protections (core dumps).
-//! - [`cache`], [`admin`], [`admin_client`], [`app`].
+//! - [`events`]: transitions published once durable; [`notify`]: webhooks.
+//! - [`cache`], [`admin`], [`admin_client`], [`review_cli`], [`app`].
 
 pub mod admin;
 pub mod admin_client;
@@ -34,6 +35,7 @@ pub mod gate;
 pub mod glob;
 pub mod hardening;
 pub mod holds;
+pub mod notify;
 pub mod policy;
 pub mod request_id;
 pub mod review_cli;
