@@ -215,8 +215,12 @@ impl ChainVerifier {
             seq,
             message: e.to_string(),
         })?;
+        // Compared as times: records written before timestamps had a fixed
+        // width spell the same instant differently (".47Z" for ".470Z").
+        if Timestamp::parse_rfc3339(&row.at) != Some(event.at) {
+            return Err(ChainError::Column { seq, column: "at" });
+        }
         for (column, stored, hashed) in [
-            ("at", row.at.as_str(), event.at.to_rfc3339()),
             ("kind", row.kind.as_str(), event.kind.name().to_string()),
             ("code", row.code.as_str(), event.kind.code().to_string()),
             ("actor", row.actor.as_str(), event.actor.clone()),

@@ -61,11 +61,16 @@ impl Timestamp {
         Duration::from_millis(later.0.saturating_sub(self.0).max(0) as u64)
     }
 
+    /// Always three fractional digits (`2026-01-02T03:04:05.060Z`), so that
+    /// timestamps sort correctly as text.
     pub fn to_rfc3339(self) -> String {
         let nanos = i128::from(self.0) * 1_000_000;
+        let fixed = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
         OffsetDateTime::from_unix_timestamp_nanos(nanos)
             .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
+            .and_then(|t| t.format(&fixed).ok())
             .unwrap_or_else(|| self.0.to_string())
     }
 
@@ -107,6 +112,19 @@ mod tests {
         let s = t.to_rfc3339();
         assert_eq!(s, "2026-11-18T11:06:40.123Z");
         assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
+    }
+
+    #[test]
+    fn timestamps_have_a_fixed_width_so_text_order_is_time_order() {
+        let a = Timestamp::from_millis(1_795_000_000_470);
+        let b = Timestamp::from_millis(1_795_000_000_000);
+        assert_eq!(a.to_rfc3339(), "2026-11-18T11:06:40.470Z");
+        assert_eq!(b.to_rfc3339(), "2026-11-18T11:06:40.000Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-18T11:06:40.47Z"),
+            Some(a),
+            "the older, shorter spelling still parses"
+        );
     }
 
     #[test]

@@ -532,7 +532,7 @@ mod tests {
         }
         // Decisions queued before the strict commit are written before it.
         assert!(
-            rows[50].body.contains("\"at\":\"1970-01-01T00:00:01Z\""),
+            rows[50].body.contains("\"at\":\"1970-01-01T00:00:01.000Z\""),
             "{}",
             rows[50].body
         );
