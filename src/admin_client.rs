@@ -70,16 +70,9 @@ impl AdminClient {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
-        let e = e.without_url();
-        let mut message = e.to_string();
-        let mut next = std::error::Error::source(&e);
-        while let Some(cause) = next {
-            message.push_str(&format!(": {cause}"));
-            next = cause.source();
-        }
         ClientError::Unreachable {
             addr: self.base.clone(),
-            message,
+            message: crate::error_chain::with_causes(&e.without_url()),
         }
     }
 

@@ -156,6 +156,15 @@ pub struct Holds {
     events: EventHub,
 }
 
+/// An event about the workload's own request (held, bypassed): it also
+/// records where the request came from and the certificate that proved it.
+fn origin_event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> AuditEvent {
+    let mut e = event(kind, actor, r, now);
+    e.client = r.subject.client.clone();
+    e.certificate = r.subject.certificate.clone();
+    e
+}
+
 fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> AuditEvent {
     let mut e = AuditEvent::new(kind, actor, now);
     e.identity = Some(r.subject.identity.clone());
@@ -168,6 +177,22 @@ fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> Audit
 }
 
 impl Holds {
+    /// Make one request's new state and its audit events durable, together.
+    /// Never relaxed: holds, reviews and grants are always synchronous=FULL.
+    async fn persist(
+        &self,
+        request: &HeldRequest,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .commit(Commit {
+                relaxed: false,
+                requests: vec![request.clone()],
+                events,
+            })
+            .await
+    }
+
     /// Rebuild the live index from the store (after a restart nothing pending is lost).
     pub async fn load(
         store: Arc<dyn Store>,
@@ -209,13 +234,7 @@ impl Holds {
                         let mut next = existing;
                         if next.take_grant(now).is_ok() {
                             let e = event(AuditKind::GrantUsed, &next.subject.identity, &next, now);
-                            self.store
-                                .commit(Commit {
-                                    relaxed: false,
-                                    requests: vec![next.clone()],
-                                    events: vec![e],
-                                })
-                                .await?;
+                            self.persist(&next, vec![e]).await?;
                             let spent = !next.is_live(now);
                             if let Some(entry) = live.by_id.get_mut(&id) {
                                 entry.request = next;
@@ -272,17 +291,9 @@ impl Holds {
             spec.clone(),
             now,
         );
-        let mut e = event(AuditKind::Held, crate::audit::POLICY_ACTOR, &request, now);
+        let mut e = origin_event(AuditKind::Held, crate::audit::POLICY_ACTOR, &request, now);
         e.detail = Some(request.reasons.join("; "));
-        e.client = request.subject.client.clone();
-        e.certificate = request.subject.certificate.clone();
-        self.store
-            .commit(Commit {
-                relaxed: false,
-                requests: vec![request.clone()],
-                events: vec![e],
-            })
-            .await?;
+        self.persist(&request, vec![e]).await?;
         self.events.publish(GateEvent::new(
             EventKind::Created,
             crate::audit::POLICY_ACTOR,
@@ -336,13 +347,7 @@ impl Holds {
             event(AuditKind::GrantUsed, &next.subject.identity, &next, now),
             event(AuditKind::Released, SYSTEM_ACTOR, &next, now),
         ];
-        self.store
-            .commit(Commit {
-                relaxed: false,
-                requests: vec![next.clone()],
-                events,
-            })
-            .await?;
+        self.persist(&next, events).await?;
         let spent = !next.is_live(now);
         if let Some(entry) = live.by_id.get_mut(id) {
             entry.request = next;
@@ -414,13 +419,7 @@ impl Holds {
             Some(c) => format!("{detail}; comment: {c}"),
             None => detail,
         });
-        self.store
-            .commit(Commit {
-                relaxed: false,
-                requests: vec![next.clone()],
-                events: vec![e],
-            })
-            .await?;
+        self.persist(&next, vec![e]).await?;
         if let Some(entry) = live.by_id.get_mut(id) {
             entry.request = next.clone();
             entry.announce.send_replace(outcome_of(&next));
@@ -456,22 +455,14 @@ impl Holds {
             reason.clone(),
             now,
         );
-        let mut e = event(
+        let mut e = origin_event(
             AuditKind::Bypassed,
             &request.subject.identity,
             &request,
             now,
         );
         e.detail = Some(format!("break-glass: {reason}"));
-        e.client = request.subject.client.clone();
-        e.certificate = request.subject.certificate.clone();
-        self.store
-            .commit(Commit {
-                relaxed: false,
-                requests: vec![request.clone()],
-                events: vec![e],
-            })
-            .await?;
+        self.persist(&request, vec![e]).await?;
         self.events.publish(GateEvent::new(
             EventKind::Bypassed,
             &request.subject.identity,
@@ -501,13 +492,7 @@ impl Holds {
         next.acknowledge(reviewer, owner, comment.clone(), now)?;
         let mut e = event(AuditKind::Acknowledged, reviewer.name, &next, now);
         e.detail = comment.clone();
-        self.store
-            .commit(Commit {
-                relaxed: false,
-                requests: vec![next.clone()],
-                events: vec![e],
-            })
-            .await?;
+        self.persist(&next, vec![e]).await?;
         self.events.publish(GateEvent::new(
             EventKind::Acknowledged,
             reviewer.name,

@@ -29,6 +29,7 @@ pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod error_chain;
 pub mod events;
 pub mod front;
 pub mod gate;

@@ -362,8 +362,16 @@ async fn deliver(http: &reqwest::Client, hook: &WebhookConfig, body: Bytes) -> O
                 (verdict, hint, reason)
             }
             // A malformed request never gets better.
-            Err(e) if e.is_builder() => (Verdict::GiveUp, None, describe(e)),
-            Err(e) => (Verdict::Retry, None, describe(e)),
+            Err(e) if e.is_builder() => (
+                Verdict::GiveUp,
+                None,
+                crate::error_chain::describe_reqwest(e),
+            ),
+            Err(e) => (
+                Verdict::Retry,
+                None,
+                crate::error_chain::describe_reqwest(e),
+            ),
         };
         match verdict {
             Verdict::Done => return Outcome::Delivered { attempts: attempt },
@@ -405,29 +413,6 @@ async fn snippet(mut response: reqwest::Response) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     text.trim().to_string()
-}
-
-/// reqwest's error without the URL (it is a secret), with its causes.
-fn describe(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let e = e.without_url();
-    let mut out = format!("{kind}: {e}");
-    let mut next = std::error::Error::source(&e);
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 /// One webhook's delivery loop: events in queue order, one at a time.
@@ -486,7 +471,7 @@ impl Notifier {
             .user_agent(concat!("keygate/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| NotifyError::Client(describe(e)))?;
+            .map_err(|e| NotifyError::Client(crate::error_chain::describe_reqwest(e)))?;
         let names: Vec<&str> = config.webhooks.iter().map(|w| w.name.as_str()).collect();
         tracing::info!(webhooks = ?names, "webhook notifications on");
         let mut deliveries = JoinSet::new();

@@ -532,7 +532,9 @@ mod tests {
         }
         // Decisions queued before the strict commit are written before it.
         assert!(
-            rows[50].body.contains("\"at\":\"1970-01-01T00:00:01.000Z\""),
+            rows[50]
+                .body
+                .contains("\"at\":\"1970-01-01T00:00:01.000Z\""),
             "{}",
             rows[50].body
         );

@@ -164,7 +164,7 @@ async fn approle_login(
         .map_err(|e| {
             UpstreamError::Unavailable(format!(
                 "AppRole login at {mount} failed: {}",
-                with_causes(&e)
+                crate::error_chain::with_causes(&e)
             ))
         })?;
     Ok((
@@ -272,7 +272,7 @@ impl VaultBackend for RemoteVault {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| UpstreamError::Unavailable(describe_reqwest(e)))?;
+            .map_err(|e| UpstreamError::Unavailable(crate::error_chain::describe_reqwest(e)))?;
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
@@ -283,7 +283,7 @@ impl VaultBackend for RemoteVault {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| UpstreamError::Unavailable(describe_reqwest(e)))?
+            .map_err(|e| UpstreamError::Unavailable(crate::error_chain::describe_reqwest(e)))?
         {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(UpstreamError::Unavailable(format!(
@@ -320,34 +320,6 @@ impl VaultBackend for RemoteVault {
     fn describe(&self) -> String {
         format!("Vault at {}", self.address)
     }
-}
-
-/// reqwest's error without the URL's query (which might carry parameters).
-fn describe_reqwest(e: reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {}", with_causes(&e.without_url()))
-}
-
-/// An error and its chain of causes on one line: reqwest and vaultrs put the
-/// useful part (a TLS alert, a refused connection) in the sources.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 /// The embedded dev store's Vault side: KV v2 mounts only.
