@@ -120,6 +120,15 @@ impl EventHub {
         let _ = self.tx.send(Arc::new(event));
     }
 
+    /// Publish, building the event (the request's JSON view) only when
+    /// someone listens: most deployments without webhooks or an open page
+    /// should not pay for it on every hold.
+    pub fn publish_with(&self, make: impl FnOnce() -> GateEvent) {
+        if self.tx.receiver_count() > 0 {
+            self.publish(make());
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<GateEvent>> {
         self.tx.subscribe()
     }

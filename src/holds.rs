@@ -294,13 +294,15 @@ impl Holds {
         let mut e = origin_event(AuditKind::Held, crate::audit::POLICY_ACTOR, &request, now);
         e.detail = Some(request.reasons.join("; "));
         self.persist(&request, vec![e]).await?;
-        self.events.publish(GateEvent::new(
-            EventKind::Created,
-            crate::audit::POLICY_ACTOR,
-            request.subject.justification.clone(),
-            &request,
-            now,
-        ));
+        self.events.publish_with(|| {
+            GateEvent::new(
+                EventKind::Created,
+                crate::audit::POLICY_ACTOR,
+                request.subject.justification.clone(),
+                &request,
+                now,
+            )
+        });
         let id = request.id.clone();
         let rx = live.insert(request);
         Ok(Admit::Waiting { id, rx })
@@ -424,13 +426,8 @@ impl Holds {
             entry.request = next.clone();
             entry.announce.send_replace(outcome_of(&next));
         }
-        self.events.publish(GateEvent::new(
-            published,
-            reviewer.name,
-            comment,
-            &next,
-            now,
-        ));
+        self.events
+            .publish_with(|| GateEvent::new(published, reviewer.name, comment, &next, now));
         Ok((next, outcome))
     }
 
@@ -463,13 +460,15 @@ impl Holds {
         );
         e.detail = Some(format!("break-glass: {reason}"));
         self.persist(&request, vec![e]).await?;
-        self.events.publish(GateEvent::new(
-            EventKind::Bypassed,
-            &request.subject.identity,
-            Some(reason),
-            &request,
-            now,
-        ));
+        self.events.publish_with(|| {
+            GateEvent::new(
+                EventKind::Bypassed,
+                &request.subject.identity,
+                Some(reason),
+                &request,
+                now,
+            )
+        });
         Ok(request)
     }
 
@@ -493,13 +492,9 @@ impl Holds {
         let mut e = event(AuditKind::Acknowledged, reviewer.name, &next, now);
         e.detail = comment.clone();
         self.persist(&next, vec![e]).await?;
-        self.events.publish(GateEvent::new(
-            EventKind::Acknowledged,
-            reviewer.name,
-            comment,
-            &next,
-            now,
-        ));
+        self.events.publish_with(|| {
+            GateEvent::new(EventKind::Acknowledged, reviewer.name, comment, &next, now)
+        });
         Ok(next)
     }
 
@@ -584,23 +579,14 @@ impl Holds {
                 if let Some(entry) = live.by_id.get_mut(&r.id) {
                     entry.request = r.clone();
                 }
-                self.events.publish(GateEvent::new(
-                    EventKind::Escalated,
-                    SYSTEM_ACTOR,
-                    None,
-                    &r,
-                    now,
-                ));
+                self.events.publish_with(|| {
+                    GateEvent::new(EventKind::Escalated, SYSTEM_ACTOR, None, &r, now)
+                });
             }
         }
         for r in &expired {
-            self.events.publish(GateEvent::new(
-                EventKind::Expired,
-                SYSTEM_ACTOR,
-                None,
-                r,
-                now,
-            ));
+            self.events
+                .publish_with(|| GateEvent::new(EventKind::Expired, SYSTEM_ACTOR, None, r, now));
         }
         for id in forget {
             live.remove(&id);

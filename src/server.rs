@@ -214,8 +214,10 @@ impl Connection {
                 .drive(TokioIo::new(stream), peer, handler, reject)
                 .await;
         };
-        let handshake = tls.acceptor().accept(stream);
-        let stream = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await {
+        let handshake_timeout = self.limits.handshake_timeout;
+        let stream = match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream))
+            .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 // Wrong CA, expired or missing client certificate, bad
@@ -289,13 +291,16 @@ impl Connection {
                     }
                     let uri = req.uri().clone();
                     let budget = Budget::new(request_timeout);
-                    let fut = budget.clone().scope(handler(req));
+                    // Boxed once here: passing the handler's (large) future by
+                    // value through async fns copies it into each one's state,
+                    // which cost ~24 KB per held request (rust-lang/rust#62958).
+                    let fut = Box::pin(budget.clone().scope(handler(req)));
                     Ok(within_budget(fut, &budget, || reject(Rejection::TimedOut, &uri)).await)
                 }
             })
         };
-        let conn = self.builder.serve_connection(io, service);
-        tokio::pin!(conn);
+        let builder = self.builder.clone();
+        let mut conn = std::pin::pin!(builder.serve_connection(io, service));
         let mut closing = *self.shutdown.borrow();
         if closing {
             conn.as_mut().graceful_shutdown();

@@ -49,9 +49,10 @@ impl Budget {
         self.resumed.notified()
     }
 
-    /// Run `fut` with this budget visible to `paused`.
-    pub async fn scope<F: Future>(self: Arc<Self>, fut: F) -> F::Output {
-        BUDGET.scope(self, fut).await
+    /// Run `fut` with this budget visible to `paused`. Not an `async fn`:
+    /// that would store the (large) handler future twice in its state.
+    pub fn scope<F: Future>(self: Arc<Self>, fut: F) -> impl Future<Output = F::Output> {
+        BUDGET.scope(self, fut)
     }
 }
 
