@@ -1080,6 +1080,7 @@ class OpenBao:
                     f"-dev-listen-address=127.0.0.1:{self.port}",
                     f"-dev-root-token-id={VAULT_ROOT_TOKEN}",
                     "-dev-no-store-token",
+                    *self.server_args(),
                 ],  # fmt: skip
                 cwd=self.workdir,
                 env=env,
@@ -1088,21 +1089,25 @@ class OpenBao:
                 stderr=subprocess.STDOUT,
             )
 
-        def kv_ready() -> bool:
-            if self.proc.poll() is not None:
-                raise ProcessExited(f"bao server exited with {self.proc.returncode}")
-            resp = http_call(
-                self.url, "GET", f"/v1/{VAULT_KV_MOUNT}/config", headers={"X-Vault-Token": VAULT_ROOT_TOKEN}, timeout=2
-            )
-            return resp.status == 200
-
         try:
-            wait_until(kv_ready, timeout=30, what="OpenBao's secret/config to answer 200")
+            wait_until(self.is_ready, timeout=30, what="OpenBao to answer")
             self.setup()
         except Exception as exc:
             self.stop()
             pytest.fail(f"OpenBao dev server did not start: {exc}\n--- OpenBao log ---\n{self.log()}", pytrace=False)
         return self
+
+    def server_args(self) -> list[str]:
+        """Extra `bao server` arguments (a subclass adds a listener config)."""
+        return []
+
+    def is_ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise ProcessExited(f"bao server exited with {self.proc.returncode}")
+        resp = http_call(
+            self.url, "GET", f"/v1/{VAULT_KV_MOUNT}/config", headers={"X-Vault-Token": VAULT_ROOT_TOKEN}, timeout=2
+        )
+        return resp.status == 200
 
     @property
     def running(self) -> bool:

@@ -14,7 +14,6 @@ TLS towards its upstreams ([upstream.tls], [upstream.vault.tls]).
 
 from __future__ import annotations
 
-import os
 import re
 import select
 import socket
@@ -39,7 +38,6 @@ from harness import (
     Keygate,
     OpenBao,
     ProcessExited,
-    find_bao,
     free_port,
     http_call,
     require_executable,
@@ -192,8 +190,7 @@ class TlsOpenBao(OpenBao):
         self.tls_url = f"https://127.0.0.1:{self.tls_port}"
         self.config_path = workdir / "tls-listener.hcl"
 
-    def start(self) -> "TlsOpenBao":
-        exe = find_bao()
+    def server_args(self) -> list[str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             f"""\
@@ -207,42 +204,14 @@ listener "tcp" {{
 }}
 """
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
-        env["HOME"] = str(self.workdir)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    exe, "server", "-dev",
-                    f"-dev-listen-address=127.0.0.1:{self.port}",
-                    f"-dev-root-token-id={VAULT_ROOT_TOKEN}",
-                    "-dev-no-store-token",
-                    f"-config={self.config_path}",
-                ],  # fmt: skip
-                cwd=self.workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        return [f"-config={self.config_path}"]
 
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise ProcessExited(f"bao server exited with {self.proc.returncode}")
-            plain = http_call(
-                self.url, "GET", f"/v1/{VAULT_KV_MOUNT}/config", headers={"X-Vault-Token": VAULT_ROOT_TOKEN}, timeout=2
-            )
-            if plain.status != 200:
-                return False
-            ctx = tls_context(self.pki.ca, self.pki.spiffe.pair())
-            return http_call(self.tls_url, "GET", "/v1/sys/health", timeout=2, context=ctx).status == 200
-
-        try:
-            wait_until(ready, timeout=30, what="OpenBao's plain and TLS listeners to answer")
-            self.setup()
-        except Exception as exc:
-            self.stop()
-            pytest.fail(f"OpenBao (TLS listener) did not start: {exc}\n--- OpenBao log ---\n{self.log()}", pytrace=False)
-        return self
+    def is_ready(self) -> bool:
+        """The plain listener serves KV, and the TLS one answers a client certificate."""
+        if not super().is_ready():
+            return False
+        ctx = tls_context(self.pki.ca, self.pki.spiffe.pair())
+        return http_call(self.tls_url, "GET", "/v1/sys/health", timeout=2, context=ctx).status == 200
 
     def setup(self) -> None:
         root = self.client()
