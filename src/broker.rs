@@ -317,7 +317,13 @@ impl Broker {
                 self.record_decision(e).await?;
                 Ok(Admission::Refused(Refusal::Policy { rule, reason }))
             }
-            Decided::Hold(rule, spec, reasons) => self.hold(req, rule, spec, reasons, now).await,
+            // Boxed: the hold path's future is several times the size of
+            // the allow path's, and inline it would make every request's
+            // future that large (and every held request keep the largest
+            // state of each step; see `hold`).
+            Decided::Hold(rule, spec, reasons) => {
+                Box::pin(self.hold(req, rule, spec, reasons, now)).await
+            }
         }
     }
 
@@ -350,10 +356,11 @@ impl Broker {
         {
             if spec.break_glass.iter().any(|i| i == &req.identity) {
                 let reason: String = reason.chars().take(1024).collect();
-                let bypassed = self
-                    .holds
-                    .bypass(subject, &rule, reasons, &spec, reason, now)
-                    .await?;
+                let bypassed = Box::pin(
+                    self.holds
+                        .bypass(subject, &rule, reasons, &spec, reason, now),
+                )
+                .await?;
                 self.record_reads(req, now);
                 return Ok(Admission::Proceed {
                     rule: Some(rule),
@@ -367,7 +374,10 @@ impl Broker {
                 req.identity
             ));
         }
-        let admitted = match self.holds.admit(subject, &rule, reasons, &spec, now).await {
+        // The steps before and after the wait are boxed so that this
+        // future, which a held request keeps for as long as it waits, is
+        // only as large as the wait itself.
+        let admitted = match Box::pin(self.holds.admit(subject, &rule, reasons, &spec, now)).await {
             Ok(a) => a,
             Err(HoldError::TooManyPending { limit, .. }) => {
                 let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
@@ -423,7 +433,7 @@ impl Broker {
                 reason: d.reason,
             })),
             Outcome::Expired => Ok(Admission::Refused(Refusal::Expired { id })),
-            Outcome::Approved => match self.holds.release(&id, Timestamp::now()).await {
+            Outcome::Approved => match Box::pin(self.holds.release(&id, Timestamp::now())).await {
                 Ok(()) => {
                     self.record_reads(req, now);
                     Ok(Admission::Proceed {

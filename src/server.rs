@@ -208,16 +208,16 @@ impl Connection {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Each `drive` is boxed: this future is the connection's task and
+        // lives as long as the connection, and inline it would be the size
+        // of the larger (TLS) variant even for plain connections.
         let Some(tls) = tls else {
             let peer = self.peer(None);
-            return self
-                .drive(TokioIo::new(stream), peer, handler, reject)
-                .await;
+            return Box::pin(self.drive(TokioIo::new(stream), peer, handler, reject)).await;
         };
         let handshake_timeout = self.limits.handshake_timeout;
-        let stream = match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream))
-            .await
-        {
+        let accept = Box::pin(tls.acceptor().accept(stream));
+        let stream = match tokio::time::timeout(handshake_timeout, accept).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 // Wrong CA, expired or missing client certificate, bad
@@ -237,8 +237,7 @@ impl Connection {
             .and_then(|chain| chain.first())
             .map(|leaf| peer::certificate_name(leaf.as_ref()).map(Arc::new));
         let peer = self.peer(cert);
-        self.drive(TokioIo::new(stream), peer, handler, reject)
-            .await
+        Box::pin(self.drive(TokioIo::new(stream), peer, handler, reject)).await
     }
 
     fn peer(&self, cert: Option<Result<Arc<peer::CertName>, String>>) -> Peer {

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -36,17 +38,46 @@ pub const BREAK_GLASS_HEADER: &str = "x-keygate-break-glass";
 
 pub struct AwsFront {
     region: String,
-    /// Access key id -> identity.
-    keys: HashMap<String, Arc<Identity>>,
+    /// Access key id -> identity and its current signing key.
+    keys: HashMap<String, IssuedKey>,
     /// Client-certificate names -> identity (mTLS).
     certs: CertIdentities,
     broker: Arc<Broker>,
     upstream: Arc<dyn SecretsUpstream>,
     cache: ReadCache,
     max_body_bytes: usize,
-    /// SigV4 signing keys per access key id and day: deriving one costs four
-    /// HMACs, and it only changes at midnight UTC.
-    signing_keys: moka::sync::Cache<String, [u8; 32]>,
+}
+
+/// A keygate-issued access key.
+struct IssuedKey {
+    identity: Arc<Identity>,
+    /// The SigV4 signing key for the most recent credential date. Deriving
+    /// one costs four HMACs and it changes only at midnight UTC, so each
+    /// request just loads this (no lock, no allocation) and compares dates.
+    signing: ArcSwapOption<SigningKey>,
+}
+
+struct SigningKey {
+    date: String,
+    key: [u8; 32],
+}
+
+impl IssuedKey {
+    fn signing_key(&self, secret: &str, date: &str, region: &str) -> [u8; 32] {
+        if let Some(current) = self.signing.load().as_deref() {
+            if current.date == date {
+                return current.key;
+            }
+        }
+        let key = sigv4::signing_key(secret, date, region, "secretsmanager");
+        // Around midnight, requests signed for two dates may alternate;
+        // each then derives its key, which is correct, only slower.
+        self.signing.store(Some(Arc::new(SigningKey {
+            date: date.to_string(),
+            key,
+        })));
+        key
+    }
 }
 
 impl AwsFront {
@@ -60,7 +91,14 @@ impl AwsFront {
     ) -> AwsFront {
         let keys = identities
             .iter()
-            .filter_map(|i| i.aws.as_ref().map(|k| (k.access_key_id.clone(), i.clone())))
+            .filter_map(|i| {
+                let k = i.aws.as_ref()?;
+                let issued = IssuedKey {
+                    identity: i.clone(),
+                    signing: ArcSwapOption::empty(),
+                };
+                Some((k.access_key_id.clone(), issued))
+            })
             .collect();
         AwsFront {
             region,
@@ -70,10 +108,6 @@ impl AwsFront {
             upstream,
             cache,
             max_body_bytes,
-            signing_keys: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(std::time::Duration::from_secs(2 * 24 * 3600))
-                .build(),
         }
     }
 
@@ -308,10 +342,11 @@ impl AwsFront {
             )
         })?;
         let auth = sigv4::parse_authorization(header).map_err(sig_error)?;
-        let identity = self
+        let issued = self
             .keys
             .get(auth.access_key_id)
             .ok_or_else(|| sig_error(sigv4::SigError::UnknownKey))?;
+        let identity = &issued.identity;
         let key = identity
             .aws
             .as_ref()
@@ -324,15 +359,7 @@ impl AwsFront {
             body,
         };
         let signing_key =
-            self.signing_keys
-                .get_with(format!("{}/{}", auth.access_key_id, auth.date), || {
-                    sigv4::signing_key(
-                        key.secret_access_key.expose(),
-                        auth.date,
-                        &self.region,
-                        "secretsmanager",
-                    )
-                });
+            issued.signing_key(key.secret_access_key.expose(), auth.date, &self.region);
         sigv4::verify(
             &auth,
             &req,

@@ -212,8 +212,9 @@ pub fn verify(
     if auth.region != expected_region {
         return Err(SigError::Region(auth.region.to_string()));
     }
-    let canonical = canonical_request(auth, req)?;
-    let mut string_to_sign = String::with_capacity(160);
+    let canonical_hash = canonical_request_hash(auth, req)?;
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
     for part in [
         ALGORITHM,
         "\n",
@@ -226,10 +227,10 @@ pub fn verify(
         auth.service,
         "/aws4_request\n",
     ] {
-        string_to_sign.push_str(part);
+        mac.update(part.as_bytes());
     }
-    push_hex(&mut string_to_sign, &Sha256::digest(canonical.as_bytes()));
-    let expected = hmac(key, string_to_sign.as_bytes());
+    mac.update(&hex32(&canonical_hash));
+    let expected: [u8; 32] = mac.finalize().into_bytes().into();
     // Compare raw MAC bytes in constant time; malformed hex simply fails.
     let mut given = [0u8; 32];
     let decoded = hex::decode_to_slice(auth.signature, &mut given).is_ok();
@@ -237,15 +238,6 @@ pub fn verify(
         Ok(())
     } else {
         Err(SigError::Mismatch)
-    }
-}
-
-/// Append lowercase hex without an intermediate allocation.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
 }
 
@@ -263,22 +255,71 @@ pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8
     hmac(&k_service, b"aws4_request")
 }
 
-fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result<String, SigError> {
-    let mut out = String::with_capacity(256);
-    out.push_str(req.method);
-    out.push('\n');
-    out.push_str(if req.path.is_empty() { "/" } else { req.path });
-    out.push('\n');
-    out.push_str(&canonical_query(req.query));
-    out.push('\n');
+/// Where the canonical request is written: straight into SHA-256 when
+/// verifying (no intermediate string), into a buffer in tests.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// SHA-256 of the canonical request, the value the string to sign carries.
+fn canonical_request_hash(
+    auth: &Authorization<'_>,
+    req: &RequestParts<'_>,
+) -> Result<[u8; 32], SigError> {
+    let mut hasher = Sha256::new();
+    write_canonical_request(auth, req, &mut hasher)?;
+    Ok(hasher.finalize().into())
+}
+
+fn write_canonical_request(
+    auth: &Authorization<'_>,
+    req: &RequestParts<'_>,
+    out: &mut impl Sink,
+) -> Result<(), SigError> {
+    let body_hash = hex32(&Sha256::digest(req.body).into());
+    if let Some(claimed) = req.headers.get("x-amz-content-sha256") {
+        let claimed = claimed.as_bytes();
+        if claimed != b"UNSIGNED-PAYLOAD" && claimed != body_hash {
+            return Err(SigError::Mismatch);
+        }
+    }
+    out.put(req.method.as_bytes());
+    out.put(b"\n");
+    out.put(if req.path.is_empty() { "/" } else { req.path }.as_bytes());
+    out.put(b"\n");
+    if !req.query.is_empty() {
+        out.put(canonical_query(req.query).as_bytes());
+    }
+    out.put(b"\n");
     for name in &auth.signed_headers {
         let mut present = false;
         for value in req.headers.get_all(*name) {
-            out.push_str(if present { "," } else { name });
-            if !present {
-                out.push(':');
+            if present {
+                out.put(b",");
+            } else {
+                out.put(name.as_bytes());
+                out.put(b":");
             }
-            out.push_str(&collapse_spaces(&String::from_utf8_lossy(value.as_bytes())));
+            match value.to_str() {
+                Ok(v) => out.put(collapse_spaces(v).as_bytes()),
+                // Opaque bytes: SDKs sign what they send, so hash the
+                // lossy text as they would see it.
+                Err(_) => {
+                    out.put(collapse_spaces(&String::from_utf8_lossy(value.as_bytes())).as_bytes())
+                }
+            }
             present = true;
         }
         if !present {
@@ -286,28 +327,36 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
                 "signed header '{name}' is not present"
             )));
         }
-        out.push('\n');
+        out.put(b"\n");
     }
-    out.push('\n');
+    out.put(b"\n");
     for (i, name) in auth.signed_headers.iter().enumerate() {
         if i > 0 {
-            out.push(';');
+            out.put(b";");
         }
-        out.push_str(name);
+        out.put(name.as_bytes());
     }
-    out.push('\n');
-    let hash_at = out.len();
-    push_hex(&mut out, &Sha256::digest(req.body));
-    if let Some(claimed) = req
-        .headers
-        .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok())
-    {
-        if claimed != "UNSIGNED-PAYLOAD" && claimed != &out[hash_at..] {
-            return Err(SigError::Mismatch);
-        }
+    out.put(b"\n");
+    out.put(&body_hash);
+    Ok(())
+}
+
+#[cfg(test)]
+fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result<String, SigError> {
+    let mut out = Vec::new();
+    write_canonical_request(auth, req, &mut out)?;
+    Ok(String::from_utf8(out).expect("canonical requests are text"))
+}
+
+/// Lowercase hex of a SHA-256, on the stack.
+fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
     }
-    Ok(out)
+    out
 }
 
 /// Trim and collapse runs of spaces, as SigV4 canonical headers want;
