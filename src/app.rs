@@ -239,7 +239,7 @@ impl App {
                 let app = admin_app.clone();
                 async move { app.admin.handle(req).await }
             },
-            |rejection: Rejection, _: &http::Uri| crate::admin::reject(rejection),
+            |rejection: Rejection, _: &str| crate::admin::reject(rejection),
             stop_rx,
             SHUTDOWN_GRACE,
         );

@@ -53,7 +53,7 @@ pub async fn route(
 
 /// The server's own refusals, in the wire format of the front end the
 /// request was for.
-pub fn reject(rejection: Rejection, uri: &http::Uri) -> Response<Body> {
+pub fn reject(rejection: Rejection, path: &str) -> Response<Body> {
     let (status, message) = match rejection {
         Rejection::OverCapacity => (503, "keygate: too many open connections; try again shortly"),
         Rejection::TimedOut => (
@@ -61,7 +61,7 @@ pub fn reject(rejection: Rejection, uri: &http::Uri) -> Response<Body> {
             "keygate: the request took longer than server.limits.request_timeout",
         ),
     };
-    if uri.path().starts_with("/v1/") {
+    if path.starts_with("/v1/") {
         return vault::error(status, message);
     }
     let error_type = match rejection {

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -65,7 +65,7 @@ pub async fn serve<H, F, R, B>(
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
-    R: Fn(Rejection, &http::Uri) -> Response<B> + Clone + Send + Sync + 'static,
+    R: Fn(Rejection, &str) -> Response<B> + Clone + Send + Sync + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -76,7 +76,7 @@ pub async fn serve<H, F, R, B>(
         limits,
     } = listener;
     let limits = Arc::new(limits);
-    let builder = Arc::new(connection_builder(&limits));
+    let builders = Arc::new(Builders::new(&limits));
     let conns = Arc::new(Connections::default());
     loop {
         tokio::select! {
@@ -104,7 +104,7 @@ pub async fn serve<H, F, R, B>(
                     remote,
                     over_capacity,
                     limits: limits.clone(),
-                    builder: builder.clone(),
+                    builders: builders.clone(),
                     shutdown: shutdown.clone(),
                 };
                 let (handler, reject, tls) = (handler.clone(), reject.clone(), tls.clone());
@@ -123,22 +123,62 @@ pub async fn serve<H, F, R, B>(
     }
 }
 
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper also times the wait for the next request on a keep-alive
-        // connection with this, so it bounds HTTP/1 idle time too.
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+/// The two protocols' connection settings. Each connection is handed to
+/// exactly one: HTTP/2 when TLS negotiated `h2` or a plaintext client opened
+/// with the HTTP/2 preface (prior knowledge), HTTP/1.1 otherwise.
+///
+/// Choosing here, instead of through hyper-util's auto builder, keeps the
+/// bytes read to detect the protocol in the kernel (a peek) rather than in
+/// a prefix buffer replayed to hyper, which made hyper grow its first read
+/// buffer from 8 KiB to 16 KiB on every HTTP/1 connection.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Builders {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            // hyper also times the wait for the next request on a keep-alive
+            // connection with this, so it bounds HTTP/1 idle time too.
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders { h1, h2 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tell HTTP/2 prior knowledge from HTTP/1 by peeking at the first bytes,
+/// leaving them queued for hyper. A closed connection is handed to HTTP/1,
+/// which sees the end of stream and finishes.
+async fn sniff_plaintext(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        // Part of the preface so far. peek returns at once while bytes are
+        // queued, so wait a moment instead of spinning.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Counts open connections; `all_closed` resolves when none are left.
@@ -190,7 +230,7 @@ struct Connection {
     remote: SocketAddr,
     over_capacity: bool,
     limits: Arc<Limits>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -204,7 +244,7 @@ impl Connection {
     ) where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
-        R: Fn(Rejection, &http::Uri) -> Response<B> + Clone + Send + Sync + 'static,
+        R: Fn(Rejection, &str) -> Response<B> + Clone + Send + Sync + 'static,
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -212,8 +252,25 @@ impl Connection {
         // lives as long as the connection, and inline it would be the size
         // of the larger (TLS) variant even for plain connections.
         let Some(tls) = tls else {
+            // The sniff is bounded like reading a request head: a client that
+            // connects and sends nothing is closed after header_read_timeout.
+            let sniffed =
+                tokio::time::timeout(self.limits.header_read_timeout, sniff_plaintext(&stream))
+                    .await;
+            let protocol = match sniffed {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = self.name, remote = %self.remote, error = %e, "connection failed before a request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = self.name, remote = %self.remote, "no request within header_read_timeout; closing");
+                    return;
+                }
+            };
             let peer = self.peer(None);
-            return Box::pin(self.drive(TokioIo::new(stream), peer, handler, reject)).await;
+            let io = TokioIo::new(stream);
+            return Box::pin(self.drive(io, protocol, peer, handler, reject)).await;
         };
         let handshake_timeout = self.limits.handshake_timeout;
         let accept = Box::pin(tls.acceptor().accept(stream));
@@ -230,6 +287,10 @@ impl Connection {
                 return;
             }
         };
+        let protocol = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
         let cert = stream
             .get_ref()
             .1
@@ -237,7 +298,8 @@ impl Connection {
             .and_then(|chain| chain.first())
             .map(|leaf| peer::certificate_name(leaf.as_ref()).map(Arc::new));
         let peer = self.peer(cert);
-        Box::pin(self.drive(TokioIo::new(stream), peer, handler, reject)).await
+        let io = TokioIo::new(stream);
+        Box::pin(self.drive(io, protocol, peer, handler, reject)).await
     }
 
     fn peer(&self, cert: Option<Result<Arc<peer::CertName>, String>>) -> Peer {
@@ -249,12 +311,18 @@ impl Connection {
         }
     }
 
-    async fn drive<I, H, F, R, B>(mut self, io: TokioIo<I>, peer: Peer, handler: H, reject: R)
-    where
+    async fn drive<I, H, F, R, B>(
+        self,
+        io: TokioIo<I>,
+        protocol: Protocol,
+        peer: Peer,
+        handler: H,
+        reject: R,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
-        R: Fn(Rejection, &http::Uri) -> Response<B> + Clone + Send + Sync + 'static,
+        R: Fn(Rejection, &str) -> Response<B> + Clone + Send + Sync + 'static,
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -279,7 +347,7 @@ impl Connection {
                 async move {
                     let _in_flight = in_flight;
                     if over_capacity {
-                        let mut resp = reject(Rejection::OverCapacity, req.uri());
+                        let mut resp = reject(Rejection::OverCapacity, req.uri().path());
                         if req.version() < http::Version::HTTP_2 {
                             resp.headers_mut().insert(
                                 http::header::CONNECTION,
@@ -288,21 +356,47 @@ impl Connection {
                         }
                         return Ok::<_, Infallible>(resp);
                     }
-                    let uri = req.uri().clone();
+                    // An owned copy: a clone of the Uri would share (and so
+                    // pin) hyper's read buffer while a request is held.
+                    let path: Box<str> = req.uri().path().into();
                     let budget = Budget::new(request_timeout);
                     // Boxed once here: passing the handler's (large) future by
                     // value through async fns copies it into each one's state,
                     // which cost ~24 KB per held request (rust-lang/rust#62958).
                     let fut = Box::pin(budget.clone().scope(handler(req)));
-                    Ok(within_budget(fut, &budget, || reject(Rejection::TimedOut, &uri)).await)
+                    Ok(within_budget(fut, &budget, || reject(Rejection::TimedOut, &path)).await)
                 }
             })
         };
-        let builder = self.builder.clone();
-        let mut conn = std::pin::pin!(builder.serve_connection(io, service));
+        let builders = self.builders.clone();
+        match protocol {
+            Protocol::Http1 => {
+                let conn = std::pin::pin!(builders.h1.serve_connection(io, service));
+                self.supervise(conn, http1::Connection::graceful_shutdown, &activity)
+                    .await
+            }
+            Protocol::Http2 => {
+                let conn = std::pin::pin!(builders.h2.serve_connection(io, service));
+                self.supervise(conn, http2::Connection::graceful_shutdown, &activity)
+                    .await
+            }
+        }
+    }
+
+    /// Run a connection to its end, shutting it down gracefully when the
+    /// server stops, after an over-capacity answer, or when it is idle.
+    async fn supervise<C>(
+        mut self,
+        mut conn: std::pin::Pin<&mut C>,
+        graceful_shutdown: fn(std::pin::Pin<&mut C>),
+        activity: &Activity,
+    ) where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        let over_capacity = self.over_capacity;
         let mut closing = *self.shutdown.borrow();
         if closing {
-            conn.as_mut().graceful_shutdown();
+            graceful_shutdown(conn.as_mut());
         }
         let idle_timeout = self.limits.idle_timeout;
         loop {
@@ -316,18 +410,18 @@ impl Connection {
                 }
                 _ = self.shutdown.changed(), if !closing => {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
                 _ = activity.finished.notified(), if over_capacity && !closing => {
                     // One native 503 answered: close (HTTP/2 gets a GOAWAY).
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
                 _ = tokio::time::sleep_until(idle_at.into()), if !closing => {
                     if activity.is_idle_for(idle_timeout) {
                         tracing::debug!(listener = self.name, remote = %self.remote, "closing idle connection");
                         closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                     }
                 }
             }

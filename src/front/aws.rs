@@ -171,9 +171,7 @@ impl AwsFront {
             .get("x-amz-target")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let Some(operation) = target
-            .strip_prefix(TARGET_PREFIX)
-            .filter(|op| ops::classify(op).is_some())
+        let Some((operation, class)) = target.strip_prefix(TARGET_PREFIX).and_then(ops::lookup)
         else {
             fail!(
                 400,
@@ -182,7 +180,6 @@ impl AwsFront {
             );
         };
         log.operation = operation.to_string();
-        let class = ops::classify(operation).unwrap_or(crate::policy::OpClass::Other);
         let fields = match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => m,
             Ok(_) => fail!(
@@ -221,6 +218,11 @@ impl AwsFront {
             client: super::client_ip(&parts.extensions),
             certificate: super::cert_name(&parts.extensions),
         };
+        // Nothing below may point into hyper's read buffer: a request held
+        // for approval would otherwise pin that buffer, and hyper's read for
+        // the connection's next request would allocate a second one.
+        drop(parts);
+        let body = Bytes::copy_from_slice(&body);
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {
@@ -356,6 +358,7 @@ impl AwsFront {
             path: parts.uri.path(),
             query: parts.uri.query().unwrap_or(""),
             headers: &parts.headers,
+            authority: parts.uri.authority().map(|a| a.as_str()),
             body,
         };
         let signing_key =

@@ -25,10 +25,13 @@ from harness import (
     assert_vault_error,
     aws_request_headers,
     client_error,
+    describe,
     http_connection,
     kv_read,
     raw_aws_call,
     raw_vault_call,
+    require_executable,
+    run,
     vault_error,
     vault_message,
     wait_until,
@@ -86,6 +89,34 @@ def test_slowloris_request_head_is_cut_off_after_header_read_timeout(start_keyga
     assert received == b"" or received.startswith(b"HTTP/1.1 408"), received[:200]
     # the listener still serves others
     assert get_demo(kg).status == 200
+
+
+def test_a_client_that_connects_and_sends_nothing_is_closed_after_header_read_timeout(start_keygate):
+    kg = start_keygate(limits={"header_read_timeout": "1s"})
+
+    with socket.create_connection(("127.0.0.1", kg.listen_port), timeout=10) as sock:
+        elapsed, received = wait_for_close(sock, timeout=10)
+
+    assert 0.5 < elapsed < 5, f"a silent client was closed after {elapsed:.2f}s with header_read_timeout = 1s"
+    assert received == b"", received[:200]
+    assert get_demo(kg).status == 200
+
+
+def test_plaintext_listener_speaks_http2_with_prior_knowledge_and_http1(start_keygate):
+    """Each plaintext connection is HTTP/2 if it opens with the HTTP/2
+    preface (h2c prior knowledge) and HTTP/1.1 otherwise."""
+    curl = require_executable("curl", "install curl (`apt-get install curl`)")
+    kg = start_keygate()
+    for http_flag, expected_version in (("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")):
+        headers = aws_request_headers(kg.endpoint, "GetSecretValue", GET_DEMO)
+        argv = [curl, "-sS", http_flag, "--data", GET_DEMO, "-w", "\n%{http_code} %{http_version}"]
+        for name, value in headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        result = run(argv + [kg.endpoint + "/"], timeout=30)
+        assert result.returncode == 0, describe(result)
+        body, _, status_line = result.stdout.rpartition("\n")
+        assert status_line == f"200 {expected_version}", describe(result)
+        assert json.loads(body)["SecretString"] == SECRETS[DEMO_SECRET]
 
 
 def test_tls_handshake_that_never_starts_is_cut_off_after_handshake_timeout(start_keygate, pki):

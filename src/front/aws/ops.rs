@@ -33,10 +33,16 @@ pub const OPERATIONS: &[(&str, OpClass)] = &[
 ];
 
 pub fn classify(operation: &str) -> Option<OpClass> {
+    lookup(operation).map(|(_, class)| class)
+}
+
+/// The operation's name as a `'static` string (so a request need not keep
+/// its headers to remember it), and its class.
+pub fn lookup(operation: &str) -> Option<(&'static str, OpClass)> {
     OPERATIONS
         .iter()
         .find(|(name, _)| *name == operation)
-        .map(|(_, class)| *class)
+        .copied()
 }
 
 pub fn names() -> impl Iterator<Item = &'static str> {

@@ -160,6 +160,9 @@ pub struct RequestParts<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub headers: &'a HeaderMap,
+    /// The request target's authority. HTTP/2 carries the host there
+    /// (`:authority`), not in a `host` header, yet clients sign it as `host`.
+    pub authority: Option<&'a str>,
     pub body: &'a [u8],
 }
 
@@ -323,9 +326,17 @@ fn write_canonical_request(
             present = true;
         }
         if !present {
-            return Err(SigError::Incomplete(format!(
-                "signed header '{name}' is not present"
-            )));
+            match req.authority.filter(|_| *name == "host") {
+                Some(authority) => {
+                    out.put(b"host:");
+                    out.put(authority.trim().as_bytes());
+                }
+                None => {
+                    return Err(SigError::Incomplete(format!(
+                        "signed header '{name}' is not present"
+                    )))
+                }
+            }
         }
         out.put(b"\n");
     }
@@ -410,6 +421,7 @@ mod tests {
             path: "/",
             query: "",
             headers: &headers,
+            authority: None,
             body: body.as_bytes(),
         };
         let canonical = canonical_request(&auth, &parts).expect("canonical");
@@ -434,6 +446,7 @@ mod tests {
             path: "/",
             query: "",
             headers: &headers,
+            authority: None,
             body: body_sent.as_bytes(),
         };
         let now = Timestamp::from_millis(
@@ -446,6 +459,31 @@ mod tests {
             (Err(e), Err(words)) => assert!(e.to_string().contains(words), "{e}"),
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
+    }
+
+    #[test]
+    fn http2_requests_sign_the_authority_as_host() {
+        let date = "20261124T014000Z";
+        let body = "{\"SecretId\":\"x\"}";
+        let (mut headers, header) = signed(body, date, SECRET);
+        let host = headers.remove("host").expect("signed with a host header");
+        let auth = parse_authorization(&header).expect("parses");
+        let key = signing_key(SECRET, &date[..8], "us-east-1", "secretsmanager");
+        let now = parse_amz_date(date).expect("date");
+        let verify_with = |authority: Option<&str>| {
+            let parts = RequestParts {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: &headers,
+                authority,
+                body: body.as_bytes(),
+            };
+            verify(&auth, &parts, &key, "us-east-1", "secretsmanager", now)
+        };
+        assert_eq!(verify_with(host.to_str().ok()), Ok(()));
+        assert_eq!(verify_with(Some("elsewhere:8740")), Err(SigError::Mismatch));
+        assert!(matches!(verify_with(None), Err(SigError::Incomplete(_))));
     }
 
     #[test]
