@@ -4,9 +4,14 @@
 //! and optional endpoint override; the workload's credentials never leave
 //! keygate. To relay requests and responses byte for byte without a typed
 //! conversion per operation, each call starts the SDK's own operation (so the
-//! SDK signs, retries, resolves the endpoint and sets `X-Amz-Target`) with an
-//! interceptor that puts the workload's JSON body in place before signing and
+//! SDK signs, retries, resolves the endpoint and sets `X-Amz-Target`), and an
+//! interceptor puts the workload's JSON body in place before signing and
 //! captures the raw response body after it is read.
+//!
+//! The interceptor is registered once on the client; the call's body and
+//! reply slot reach it through a task-local (`EXCHANGE`). Attaching it per
+//! call with `customize()` instead rebuilt the operation's config layers on
+//! every cache miss.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,7 +77,7 @@ impl AwsUpstream {
         );
         // Only the Secrets Manager client gets keygate's TLS settings; the
         // credential providers keep the SDK's client (they talk to AWS itself).
-        let mut conf = aws_sdk_secretsmanager::config::Builder::from(&sdk);
+        let mut conf = aws_sdk_secretsmanager::config::Builder::from(&sdk).interceptor(RawExchange);
         if let Some(http) = http {
             conf = conf.http_client(http);
         }
@@ -91,11 +96,21 @@ struct Captured {
     body: Bytes,
 }
 
+/// One call's workload body and the slot for the upstream's answer.
 #[derive(Debug)]
-struct RawExchange {
+struct Exchange {
     body: Bytes,
-    reply: Arc<Mutex<Option<Captured>>>,
+    reply: Mutex<Option<Captured>>,
 }
+
+tokio::task_local! {
+    /// The exchange of the call this task is making (see the module docs).
+    static EXCHANGE: Arc<Exchange>;
+}
+
+/// The client's interceptor; a no-op outside `AwsUpstream::call`.
+#[derive(Debug)]
+struct RawExchange;
 
 impl Intercept for RawExchange {
     fn name(&self) -> &'static str {
@@ -108,11 +123,14 @@ impl Intercept for RawExchange {
         _rc: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let Ok(exchange) = EXCHANGE.try_with(Arc::clone) else {
+            return Ok(());
+        };
         let request = context.request_mut();
-        *request.body_mut() = SdkBody::from(self.body.clone());
+        *request.body_mut() = SdkBody::from(exchange.body.clone());
         request
             .headers_mut()
-            .insert("content-length", self.body.len().to_string());
+            .insert("content-length", exchange.body.len().to_string());
         Ok(())
     }
 
@@ -122,6 +140,9 @@ impl Intercept for RawExchange {
         _rc: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        let Ok(exchange) = EXCHANGE.try_with(Arc::clone) else {
+            return Ok(());
+        };
         let response = context.response();
         if let Some(body) = response.body().bytes() {
             let captured = Captured {
@@ -132,7 +153,7 @@ impl Intercept for RawExchange {
                     .map(str::to_string),
                 body: Bytes::copy_from_slice(body),
             };
-            if let Ok(mut slot) = self.reply.lock() {
+            if let Ok(mut slot) = exchange.reply.lock() {
                 *slot = Some(captured);
             }
         }
@@ -140,11 +161,11 @@ impl Intercept for RawExchange {
     }
 }
 
-/// Start the SDK operation named `$op` with the interceptor attached.
+/// Start the SDK operation named `$op`.
 macro_rules! dispatch {
-    ($client:expr, $op:expr, $ic:expr, { $($name:literal => $method:ident),* $(,)? }) => {
+    ($client:expr, $op:expr, { $($name:literal => $method:ident),* $(,)? }) => {
         match $op {
-            $( $name => $client.$method().customize().interceptor($ic).send().await
+            $( $name => $client.$method().send().await
                 .map(|_| ()).map_err(|e| DisplayErrorContext(e).to_string()), )*
             other => {
                 return Err(UpstreamError::Service(ServiceError::new(
@@ -160,38 +181,41 @@ macro_rules! dispatch {
 #[async_trait]
 impl SecretsUpstream for AwsUpstream {
     async fn call(&self, operation: &str, body: Bytes) -> Result<Bytes, UpstreamError> {
-        let reply = Arc::new(Mutex::new(None));
-        let ic = RawExchange {
+        let exchange = Arc::new(Exchange {
             body,
-            reply: reply.clone(),
-        };
-        let c = &self.client;
-        let sdk_result = dispatch!(c, operation, ic, {
-            "BatchGetSecretValue" => batch_get_secret_value,
-            "CancelRotateSecret" => cancel_rotate_secret,
-            "CreateSecret" => create_secret,
-            "DeleteResourcePolicy" => delete_resource_policy,
-            "DeleteSecret" => delete_secret,
-            "DescribeSecret" => describe_secret,
-            "GetRandomPassword" => get_random_password,
-            "GetResourcePolicy" => get_resource_policy,
-            "GetSecretValue" => get_secret_value,
-            "ListSecretVersionIds" => list_secret_version_ids,
-            "ListSecrets" => list_secrets,
-            "PutResourcePolicy" => put_resource_policy,
-            "PutSecretValue" => put_secret_value,
-            "RemoveRegionsFromReplication" => remove_regions_from_replication,
-            "ReplicateSecretToRegions" => replicate_secret_to_regions,
-            "RestoreSecret" => restore_secret,
-            "RotateSecret" => rotate_secret,
-            "StopReplicationToReplica" => stop_replication_to_replica,
-            "TagResource" => tag_resource,
-            "UntagResource" => untag_resource,
-            "UpdateSecret" => update_secret,
-            "UpdateSecretVersionStage" => update_secret_version_stage,
-            "ValidateResourcePolicy" => validate_resource_policy,
+            reply: Mutex::new(None),
         });
-        let captured = reply.lock().ok().and_then(|mut slot| slot.take());
+        let c = &self.client;
+        let sdk_result = EXCHANGE
+            .scope(exchange.clone(), async move {
+                Ok(dispatch!(c, operation, {
+                    "BatchGetSecretValue" => batch_get_secret_value,
+                    "CancelRotateSecret" => cancel_rotate_secret,
+                    "CreateSecret" => create_secret,
+                    "DeleteResourcePolicy" => delete_resource_policy,
+                    "DeleteSecret" => delete_secret,
+                    "DescribeSecret" => describe_secret,
+                    "GetRandomPassword" => get_random_password,
+                    "GetResourcePolicy" => get_resource_policy,
+                    "GetSecretValue" => get_secret_value,
+                    "ListSecretVersionIds" => list_secret_version_ids,
+                    "ListSecrets" => list_secrets,
+                    "PutResourcePolicy" => put_resource_policy,
+                    "PutSecretValue" => put_secret_value,
+                    "RemoveRegionsFromReplication" => remove_regions_from_replication,
+                    "ReplicateSecretToRegions" => replicate_secret_to_regions,
+                    "RestoreSecret" => restore_secret,
+                    "RotateSecret" => rotate_secret,
+                    "StopReplicationToReplica" => stop_replication_to_replica,
+                    "TagResource" => tag_resource,
+                    "UntagResource" => untag_resource,
+                    "UpdateSecret" => update_secret,
+                    "UpdateSecretVersionStage" => update_secret_version_stage,
+                    "ValidateResourcePolicy" => validate_resource_policy,
+                }))
+            })
+            .await?;
+        let captured = exchange.reply.lock().ok().and_then(|mut slot| slot.take());
         match captured {
             Some(c) if c.status == 200 => Ok(c.body),
             Some(c) => Err(UpstreamError::Service(parse_error(&c))),
