@@ -606,10 +606,11 @@ class Keygate:
         env.setdefault("RUST_BACKTRACE", "1")
         return env
 
-    def start(self, timeout: float = 30) -> "Keygate":
+    def spawn(self, what: str = "") -> None:
+        """Start `keygate serve` on this config, its output appended to the log."""
         assert self.proc is None or self.proc.poll() is not None, "keygate already running"
         with open(self.log_path, "ab") as log:
-            log.write(f"--- test harness: starting keygate at {time.strftime('%H:%M:%S')} ---\n".encode())
+            log.write(f"--- test harness: starting keygate{what} at {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 [str(self.binary), "serve", "--config", str(self.config_path)],
@@ -619,6 +620,9 @@ class Keygate:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def start(self, timeout: float = 30) -> "Keygate":
+        self.spawn()
 
         def ready() -> bool:
             if self.proc.poll() is not None:

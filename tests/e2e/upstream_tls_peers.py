@@ -126,18 +126,7 @@ class UpstreamTlsKeygate(Keygate):
 
     def start_expecting_failure(self, timeout: float = 20) -> subprocess.CompletedProcess:
         """Run `keygate serve` that must exit on its own (start-up refused)."""
-        assert self.proc is None or self.proc.poll() is not None, "keygate already running"
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- test harness: starting keygate (expecting failure) at {time.strftime('%H:%M:%S')} ---\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [str(self.binary), "serve", "--config", str(self.config_path)],
-                cwd=self.workdir,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.spawn(" (expecting failure)")
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
