@@ -26,7 +26,7 @@ use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
 use crate::front::aws::{BREAK_GLASS_HEADER, JUSTIFICATION_HEADER};
 use crate::policy::{Front, OpClass};
-use crate::secret::SecretBytes;
+use crate::secret::{SecretBytes, SecretString};
 use crate::tls::peer::CertIdentities;
 use crate::upstream::vault::{CallAs, LookupError, VaultBackend, VaultCall};
 use crate::upstream::UpstreamError;
@@ -176,14 +176,30 @@ impl VaultFront {
                 return Err(verr(400, format!("could not read the request body: {e}")))
             }
         };
+        // Owned copies of what is used after the approval wait: nothing
+        // below may point into hyper's read buffer (`parts` is dropped
+        // before `admit`), or a held request would pin that buffer and the
+        // connection's next read would allocate a second one.
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let wrap_ttl = header("x-vault-wrap-ttl");
-        let namespace = header("x-vault-namespace");
-        let content_type = header("content-type");
+        let owned = |name: &str| header(name).map(str::to_owned);
+        let wrap_ttl = owned("x-vault-wrap-ttl");
+        let wrap_ttl = wrap_ttl.as_deref();
+        let namespace = owned("x-vault-namespace");
+        let content_type = owned("content-type");
+        let content_type = content_type.as_deref();
         let token = header("x-vault-token")
             .or_else(|| header("authorization").and_then(|a| a.strip_prefix("Bearer ")))
             .map(str::trim)
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .map(SecretString::new);
+        let token = token.as_ref().map(SecretString::expose);
+        let justification: Option<String> =
+            header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect());
+        let break_glass = owned(BREAK_GLASS_HEADER);
+        let (client, certificate) = (
+            super::client_ip(&parts.extensions),
+            super::cert_name(&parts.extensions),
+        );
 
         let caller = match self
             .authenticate(&parts.extensions, backend.as_ref(), token)
@@ -213,6 +229,7 @@ impl VaultFront {
         // A namespace changes which secret a path names: policy, approvals and
         // the cache all see the namespaced path, so nothing carries across.
         let namespace = namespace
+            .as_deref()
             .map(|n| n.trim_matches('/'))
             .filter(|n| !n.is_empty());
         let scoped_path = match namespace {
@@ -247,12 +264,14 @@ impl VaultFront {
                 json_body.as_ref(),
                 &body,
             ),
-            justification: header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect()),
+            justification,
             facts: classified.facts.clone(),
-            break_glass: header(BREAK_GLASS_HEADER).map(str::to_string),
-            client: super::client_ip(&parts.extensions),
-            certificate: super::cert_name(&parts.extensions),
+            break_glass,
+            client,
+            certificate,
         };
+        drop(parts);
+        let body = Bytes::copy_from_slice(&body);
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {
