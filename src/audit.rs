@@ -144,10 +144,11 @@ pub fn chain_hash(prev_hash: &str, seq: u64, body: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"|");
-    h.update(seq.to_string().as_bytes());
+    let (digits, start) = crate::hexfmt::decimal(seq);
+    h.update(&digits[start..]);
     h.update(b"|");
     h.update(body.as_bytes());
-    hex::encode(h.finalize())
+    crate::hexfmt::hex32_string(&h.finalize().into())
 }
 
 /// A stored row, as `verify_chain` reads it back (columns kept separately so

@@ -20,7 +20,8 @@
 //! - [`server`]: listeners, limits and time budgets; [`hardening`]: process
 //!   protections (core dumps).
 //! - [`events`]: transitions published once durable; [`notify`]: webhooks.
-//! - [`cache`], [`admin`], [`admin_client`], [`review_cli`], [`app`].
+//! - [`cache`], [`admin`], [`admin_client`], [`review_cli`], [`app`];
+//!   [`hexfmt`]: hex and decimal digits on the stack for hot paths.
 
 pub mod admin;
 pub mod admin_client;
@@ -35,6 +36,7 @@ pub mod front;
 pub mod gate;
 pub mod glob;
 pub mod hardening;
+pub mod hexfmt;
 pub mod holds;
 pub mod notify;
 pub mod policy;

@@ -11,7 +11,12 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 pub fn next() -> String {
     let prefix = *PREFIX.get_or_init(rand::random);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:016x}-{n:012x}")
+    // By hand: `format!` with two hex arguments was ~2,500 instructions.
+    let mut id = String::with_capacity(29);
+    crate::hexfmt::hex_u64(prefix, 16, &mut id);
+    id.push('-');
+    crate::hexfmt::hex_u64(n, 12, &mut id);
+    id
 }
 
 #[cfg(test)]
@@ -21,5 +26,7 @@ mod tests {
         let (a, b) = (super::next(), super::next());
         assert_ne!(a, b);
         assert_eq!(a[..16], b[..16]);
+        assert_eq!(a.len(), 29);
+        assert_eq!(&a[16..17], "-");
     }
 }

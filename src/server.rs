@@ -499,7 +499,10 @@ where
             }
             continue;
         }
+        // Biased, the handler first: a request answered on its first poll
+        // (a cache hit) then never registers its deadline with the timer.
         tokio::select! {
+            biased;
             r = &mut fut => return r,
             _ = tokio::time::sleep_until(budget.deadline().into()) => {
                 if !budget.is_paused() && Instant::now() >= budget.deadline() {

@@ -421,9 +421,12 @@ pub fn error_response(e: &ServiceError) -> Response<Body> {
         .unwrap_or_default()
 }
 
+/// Built once: a custom header name from a string is parsed on every use.
+const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-amzn-requestid");
+
 fn with_request_id(mut r: Response<Body>, id: &str) -> Response<Body> {
     if let Ok(v) = http::HeaderValue::from_str(id) {
-        r.headers_mut().insert("x-amzn-requestid", v);
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     r
 }

@@ -102,8 +102,13 @@ impl SqliteStore {
             })?;
         }
         let conn = Connection::open(path).map_err(db_err)?;
+        // page_size first: it takes effect only before the file is created
+        // (an existing database keeps its own). 16 KiB pages: a batched
+        // group of ~100 audit rows is then 3-4 WAL frames instead of ~13,
+        // and each frame is two pwrite calls (BENCHMARKS.md).
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+            "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+             PRAGMA busy_timeout=5000;",
         )
         .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;

@@ -11,6 +11,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::hexfmt::hex32;
 use crate::timestamp::Timestamp;
 
 pub const MAX_SKEW_SECS: i64 = 300;
@@ -80,8 +81,11 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
     let credential = credential.ok_or_else(|| missing("Credential"))?;
     let signed = signed.ok_or_else(|| missing("SignedHeaders"))?;
     let signature = signature.ok_or_else(|| missing("Signature"))?;
-    let scope: Vec<&str> = credential.split('/').collect();
-    let [access_key_id, date, region, service, terminator] = scope[..] else {
+    let mut scope = credential.split('/');
+    let mut next = || scope.next();
+    let (Some(access_key_id), Some(date), Some(region), Some(service), Some(terminator), None) =
+        (next(), next(), next(), next(), next(), next())
+    else {
         return Err(SigError::Incomplete(format!(
             "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
         )));
@@ -357,17 +361,6 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
     let mut out = Vec::new();
     write_canonical_request(auth, req, &mut out)?;
     Ok(String::from_utf8(out).expect("canonical requests are text"))
-}
-
-/// Lowercase hex of a SHA-256, on the stack.
-fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 64];
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
-    }
-    out
 }
 
 /// Trim and collapse runs of spaces, as SigV4 canonical headers want;
