@@ -57,7 +57,10 @@ mod tests {
         assert_eq!(hex32_string(&bytes), hex::encode(bytes));
         for n in [0u64, 1, 9, 10, 255, 4096, u64::MAX / 3, u64::MAX] {
             let (buf, start) = decimal(n);
-            assert_eq!(std::str::from_utf8(&buf[start..]).expect("ascii"), n.to_string());
+            assert_eq!(
+                std::str::from_utf8(&buf[start..]).expect("ascii"),
+                n.to_string()
+            );
             let mut s = String::new();
             hex_u64(n, 12, &mut s);
             assert_eq!(s, format!("{n:012x}"));
