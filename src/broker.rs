@@ -344,7 +344,7 @@ impl Broker {
             parameters: req.parameters.redacted(),
             justification: req.justification.clone(),
             digest: self.digest(req),
-            client: req.client.map(|ip| ip.to_string()),
+            client: req.client.map(crate::hexfmt::ip),
             certificate: req.certificate.clone(),
         };
         let mut reasons = reasons;
@@ -490,7 +490,7 @@ impl Broker {
         e.front = Some(req.front);
         e.operation = Some(req.operation.clone());
         e.resources = req.resources.clone();
-        e.client = req.client.map(|ip| ip.to_string());
+        e.client = req.client.map(crate::hexfmt::ip);
         e.certificate = req.certificate.clone();
         e
     }
