@@ -7,12 +7,16 @@ venv's python (botocore for SigV4 signing). Subcommands:
   lua --config F --out F           wrk script replaying one signed GetSecretValue
   call --config F [--out F]        one signed GetSecretValue; exit 1 unless 200
   read-all --config F --n N        GetSecretValue of bench/scale/0..N-1 once each
+  replay --config F --n N [--conns C]
+                                   exactly N copies of one signed GetSecretValue over C
+                                   keep-alive connections; exit 1 unless all answer 200
   coldstart --bin B --demo F ...   time spawn -> admin /readyz 200, several runs
 
 Every failure exits non-zero with a message that says what was expected.
 """
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -332,6 +336,34 @@ def cmd_read_all(args):
             die(f"GetSecretValue {SCALE_PREFIX}{i}: HTTP {status}, expected 200: {body[:300]!r}")
 
 
+def cmd_replay(args):
+    """A fixed number of requests (wrk runs for a fixed time): per-request counts
+    (instructions, allocations) need the same N before and after a change."""
+    target = Target(args.config)
+    host, port = target.host_port("workload")
+    body, headers = sign_get_secret_value(target, args.secret)
+    request = raw_request(target.workload, "POST", "/", headers, body)
+    per_conn = [args.n // args.conns + (1 if i < args.n % args.conns else 0) for i in range(args.conns)]
+
+    async def one_connection(count):
+        reader, writer = await asyncio.open_connection(host, port)
+        bad = []
+        for _ in range(count):
+            writer.write(request)
+            status, _, answer = await read_response(reader)
+            if status != 200:
+                bad.append((status, answer[:300]))
+        writer.close()
+        return bad
+
+    async def run():
+        return await asyncio.gather(*(one_connection(c) for c in per_conn))
+
+    bad = [b for conn in asyncio.run(run()) for b in conn]
+    if bad:
+        die(f"replay: {len(bad)} of {args.n} requests did not answer 200; first: {bad[0]!r}")
+
+
 def _try_readyz(port):
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -422,6 +454,13 @@ def main():
     s.add_argument("--config", required=True)
     s.add_argument("--n", type=int, required=True)
     s.set_defaults(fn=cmd_read_all)
+
+    s = sub.add_parser("replay")
+    s.add_argument("--config", required=True)
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--conns", type=int, default=2)
+    s.add_argument("--secret", default=DEMO_SECRET)
+    s.set_defaults(fn=cmd_replay)
 
     s = sub.add_parser("coldstart")
     s.add_argument("--bin", required=True)
