@@ -21,7 +21,7 @@
 //!   protections (core dumps).
 //! - [`events`]: transitions published once durable; [`notify`]: webhooks.
 //! - [`cache`], [`admin`], [`admin_client`], [`review_cli`], [`app`];
-//!   [`hexfmt`]: hex and decimal digits on the stack for hot paths.
+//!   [`hexfmt`]: hex, decimal and IPv4 text without `core::fmt` for hot paths.
 
 pub mod admin;
 pub mod admin_client;
