@@ -1,6 +1,6 @@
 //! Process-level protections for a program that holds secrets in memory:
 //! no core dumps (they would write secret values to disk) and no ptrace
-//! attach or /proc/<pid>/mem reads by other unprivileged processes.
+//! attach or `/proc/<pid>/mem` reads by other unprivileged processes.
 
 /// Disable core dumps and mark the process non-dumpable where the OS allows.
 /// Returns what could not be done, for one warning line at start.
