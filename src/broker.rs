@@ -374,6 +374,8 @@ impl Broker {
                 req.identity
             ));
         }
+        // From here the request may wait minutes: let the server park it.
+        crate::server::budget::may_park();
         // The steps before and after the wait are boxed so that this
         // future, which a held request keeps for as long as it waits, is
         // only as large as the wait itself.

@@ -40,6 +40,14 @@ pub enum BodyError {
 
 /// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;
 /// everything else is the AWS Secrets Manager JSON protocol.
+/// A copy of a request body that shares no memory with hyper's read buffer,
+/// for a request that may be held. The original (a slice of that buffer) is
+/// moved in and dropped here: shadowing it with `let body = copy(&body)`
+/// would keep it, and so the whole buffer, alive until the handler ends.
+pub(crate) fn owned_body(body: Bytes) -> Bytes {
+    Bytes::copy_from_slice(&body)
+}
+
 pub async fn route(
     aws: &aws::AwsFront,
     vault: &vault::VaultFront,

@@ -8,6 +8,7 @@
 //! can see the socket address and the client certificate's name.
 
 pub mod budget;
+mod park;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +31,7 @@ use crate::tls::peer::{self, Peer};
 use crate::tls::ReloadingTls;
 
 use budget::Budget;
+use park::{HandlerFuture, ParkSlot, Parked};
 
 /// Connections past `max_connections` are still answered (one 503, then
 /// closed) up to this many more; beyond that they are closed unanswered, so
@@ -269,8 +271,8 @@ impl Connection {
                 }
             };
             let peer = self.peer(None);
-            let io = TokioIo::new(stream);
-            return Box::pin(self.drive(io, protocol, peer, handler, reject)).await;
+            let serving = Box::pin(self.serve(stream, protocol, peer, handler, reject));
+            return serving.await;
         };
         let handshake_timeout = self.limits.handshake_timeout;
         let accept = Box::pin(tls.acceptor().accept(stream));
@@ -298,22 +300,15 @@ impl Connection {
             .and_then(|chain| chain.first())
             .map(|leaf| peer::certificate_name(leaf.as_ref()).map(Arc::new));
         let peer = self.peer(cert);
-        let io = TokioIo::new(stream);
-        Box::pin(self.drive(io, protocol, peer, handler, reject)).await
+        let serving = Box::pin(self.serve(stream, protocol, peer, handler, reject));
+        serving.await
     }
 
-    fn peer(&self, cert: Option<Result<Arc<peer::CertName>, String>>) -> Peer {
-        Peer {
-            remote: self.remote,
-            client: self.remote.ip(),
-            cert,
-            over_capacity: self.over_capacity,
-        }
-    }
-
-    async fn drive<I, H, F, R, B>(
+    /// Serve requests on `io` until the connection ends; if a request was
+    /// parked on the way, answer it on the bare connection.
+    async fn serve<I, H, F, R, B>(
         self,
-        io: TokioIo<I>,
+        io: I,
         protocol: Protocol,
         peer: Peer,
         handler: H,
@@ -326,12 +321,62 @@ impl Connection {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let (name, remote) = (self.name, self.remote);
+        let write_timeout = self.limits.header_read_timeout;
+        let driving = Box::pin(self.drive(io, protocol, peer, handler, reject.clone()));
+        let parked = driving.await;
+        let Some((io, parked)) = parked else { return };
+        tracing::debug!(listener = name, remote = %remote, "held request parked off hyper");
+        // Boxed: only parked requests pay for this state, not every
+        // connection's task.
+        let answering = Box::pin(answer_parked(io, parked, reject, write_timeout));
+        if let Err(e) = answering.await {
+            tracing::debug!(listener = name, remote = %remote, error = %e, "parked request's connection failed");
+        }
+    }
+
+    fn peer(&self, cert: Option<Result<Arc<peer::CertName>, String>>) -> Peer {
+        Peer {
+            remote: self.remote,
+            client: self.remote.ip(),
+            cert,
+            over_capacity: self.over_capacity,
+        }
+    }
+
+    /// Serve the connection with hyper. Returns the bare connection and the
+    /// request if an HTTP/1 request was parked (see `park`).
+    async fn drive<I, H, F, R, B>(
+        self,
+        io: I,
+        protocol: Protocol,
+        peer: Peer,
+        handler: H,
+        reject: R,
+    ) -> Option<(I, Parked<B>)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        R: Fn(Rejection, &str) -> Response<B> + Clone + Send + Sync + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let activity = Arc::new(Activity::new());
         let over_capacity = self.over_capacity;
         let request_timeout = self.limits.request_timeout;
         let limits = self.limits.clone();
+        // HTTP/1 connections can park a held request (see `park`).
+        let (slot, io) = match protocol {
+            Protocol::Http1 => {
+                let (slot, io) = ParkSlot::wrap(io);
+                (Some(slot), io)
+            }
+            Protocol::Http2 => (None, ParkSlot::<B>::wrap(io).1),
+        };
         let service = {
             let activity = activity.clone();
+            let slot = slot.clone();
             service_fn(move |mut req: Request<Incoming>| {
                 let in_flight = activity.begin();
                 let mut peer = peer.clone();
@@ -343,7 +388,7 @@ impl Connection {
                     peer.client = peer.client_ip(xff, &limits.trusted_proxies);
                 }
                 req.extensions_mut().insert(peer);
-                let (handler, reject) = (handler.clone(), reject.clone());
+                let (handler, reject, slot) = (handler.clone(), reject.clone(), slot.clone());
                 async move {
                     let _in_flight = in_flight;
                     if over_capacity {
@@ -359,38 +404,90 @@ impl Connection {
                     // An owned copy: a clone of the Uri would share (and so
                     // pin) hyper's read buffer while a request is held.
                     let path: Box<str> = req.uri().path().into();
+                    let head_only = req.method() == http::Method::HEAD;
                     let budget = Budget::new(request_timeout);
                     // Boxed once here: passing the handler's (large) future by
                     // value through async fns copies it into each one's state,
                     // which cost ~24 KB per held request (rust-lang/rust#62958).
-                    let fut = Box::pin(budget.clone().scope(handler(req)));
-                    Ok(within_budget(fut, &budget, || reject(Rejection::TimedOut, &path)).await)
+                    let mut handler: HandlerFuture<B> =
+                        Box::pin(budget.clone().scope(handler(req)));
+                    // Taken at the first approval wait: a request parks once
+                    // at most, and waits in here if it cannot.
+                    let mut park_in = slot;
+                    loop {
+                        match within_budget(handler, &budget, park_in.is_some()).await {
+                            Budgeted::Answered(r) => return Ok(r),
+                            Budgeted::TimedOut => return Ok(reject(Rejection::TimedOut, &path)),
+                            Budgeted::Waiting(h) => {
+                                handler = h;
+                                let Some(slot) = park_in.take() else { continue };
+                                let parked = Parked {
+                                    handler,
+                                    budget: budget.clone(),
+                                    path: path.clone(),
+                                    head_only,
+                                };
+                                match slot.park(parked) {
+                                    // The supervisor takes the socket from
+                                    // hyper and drops this future.
+                                    Ok(()) => match std::future::pending::<Infallible>().await {},
+                                    // hyper is still writing: wait in here.
+                                    Err(p) => handler = p.handler,
+                                }
+                            }
+                        }
+                    }
                 }
             })
         };
         let builders = self.builders.clone();
         match protocol {
             Protocol::Http1 => {
-                let conn = std::pin::pin!(builders.h1.serve_connection(io, service));
-                self.supervise(conn, http1::Connection::graceful_shutdown, &activity)
-                    .await
+                let mut conn = builders.h1.serve_connection(TokioIo::new(io), service);
+                let slot = slot.as_deref();
+                let ended = self
+                    .supervise(
+                        std::pin::Pin::new(&mut conn),
+                        http1::Connection::graceful_shutdown,
+                        &activity,
+                        slot.map(|s| s.parked()),
+                    )
+                    .await;
+                let parked = match ended {
+                    Ended::Parked => slot.and_then(ParkSlot::take),
+                    Ended::Closed => None,
+                };
+                // Dropping hyper's connection state (and its buffers) is the
+                // point of parking.
+                parked.map(|p| (conn.into_parts().io.into_inner().into_inner(), p))
             }
             Protocol::Http2 => {
-                let conn = std::pin::pin!(builders.h2.serve_connection(io, service));
-                self.supervise(conn, http2::Connection::graceful_shutdown, &activity)
-                    .await
+                let conn = std::pin::pin!(builders.h2.serve_connection(TokioIo::new(io), service));
+                let no_park: Option<std::future::Pending<()>> = None;
+                self.supervise(
+                    conn,
+                    http2::Connection::graceful_shutdown,
+                    &activity,
+                    no_park,
+                )
+                .await;
+                None
             }
         }
     }
 
     /// Run a connection to its end, shutting it down gracefully when the
     /// server stops, after an over-capacity answer, or when it is idle.
+    /// Stops early, leaving the connection unfinished, when `parked`
+    /// resolves.
     async fn supervise<C>(
         mut self,
         mut conn: std::pin::Pin<&mut C>,
         graceful_shutdown: fn(std::pin::Pin<&mut C>),
         activity: &Activity,
-    ) where
+        parked: Option<impl Future<Output = ()>>,
+    ) -> Ended
+    where
         C: Future<Output = hyper::Result<()>>,
     {
         let over_capacity = self.over_capacity;
@@ -399,6 +496,14 @@ impl Connection {
             graceful_shutdown(conn.as_mut());
         }
         let idle_timeout = self.limits.idle_timeout;
+        let parkable = parked.is_some();
+        let parked = async move {
+            match parked {
+                Some(p) => p.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(parked);
         loop {
             let idle_at = activity.idle_deadline(idle_timeout);
             tokio::select! {
@@ -406,8 +511,9 @@ impl Connection {
                     if let Err(e) = result {
                         tracing::debug!(listener = self.name, error = %e, "connection ended with an error");
                     }
-                    return;
+                    return Ended::Closed;
                 }
+                _ = &mut parked, if parkable => return Ended::Parked,
                 _ = self.shutdown.changed(), if !closing => {
                     closing = true;
                     graceful_shutdown(conn.as_mut());
@@ -427,6 +533,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// How `supervise` left a connection.
+enum Ended {
+    /// hyper finished with it.
+    Closed,
+    /// A request was parked; the connection is to be taken from hyper.
+    Parked,
 }
 
 /// Requests in flight on one connection, and when the last one finished.
@@ -478,35 +592,90 @@ impl Drop for InFlight {
     }
 }
 
-/// Drive `fut` to completion unless the budget runs out first. While the
-/// budget is paused (an approval wait) no deadline applies.
-async fn within_budget<F, T, B>(fut: F, budget: &Budget, on_timeout: T) -> Response<B>
+/// Finish a parked request within its budget and answer it on the bare
+/// connection (see `park`).
+async fn answer_parked<I, R, B>(
+    io: I,
+    parked: Parked<B>,
+    reject: R,
+    write_timeout: Duration,
+) -> std::io::Result<()>
 where
-    F: Future<Output = Response<B>>,
-    T: FnOnce() -> Response<B>,
+    I: AsyncRead + AsyncWrite + Unpin,
+    R: Fn(Rejection, &str) -> Response<B>,
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    tokio::pin!(fut);
+    let Parked {
+        mut handler,
+        budget,
+        path,
+        head_only,
+    } = parked;
+    let finish = async move {
+        // Without `park`, a pause is waited out inside, so this loop only
+        // ever runs once.
+        loop {
+            match within_budget(handler, &budget, false).await {
+                Budgeted::Answered(r) => return r,
+                Budgeted::TimedOut => return reject(Rejection::TimedOut, &path),
+                Budgeted::Waiting(h) => handler = h,
+            }
+        }
+    };
+    park::answer(io, head_only, finish, write_timeout).await
+}
+
+/// What driving a handler within its budget came to.
+enum Budgeted<B> {
+    Answered(Response<B>),
+    /// The budget ran out outside an approval wait.
+    TimedOut,
+    /// The handler needs an approval and is waiting (only when asked to park).
+    Waiting(HandlerFuture<B>),
+}
+
+/// Drive `fut` to completion unless the budget runs out first. While the
+/// budget is paused (an approval wait) no deadline applies. With `park`, a
+/// request marked parkable (it needs an approval) that has to wait is handed
+/// back unfinished instead, to be parked.
+async fn within_budget<B>(mut fut: HandlerFuture<B>, budget: &Budget, park: bool) -> Budgeted<B> {
     loop {
+        if park && budget.is_parkable() {
+            return Budgeted::Waiting(fut);
+        }
         if budget.is_paused() {
             let resumed = budget.resumed();
             tokio::pin!(resumed);
             resumed.as_mut().enable();
             if budget.is_paused() {
                 tokio::select! {
-                    r = &mut fut => return r,
+                    r = &mut fut => return Budgeted::Answered(r),
                     _ = resumed => continue,
                 }
             }
             continue;
         }
+        // Polls the handler; with `park`, also stops when the handler is
+        // pending after marking itself parkable.
+        let step = std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+            std::task::Poll::Pending if park && budget.is_parkable() => {
+                std::task::Poll::Ready(None)
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        });
         // Biased, the handler first: a request answered on its first poll
         // (a cache hit) then never registers its deadline with the timer.
         tokio::select! {
             biased;
-            r = &mut fut => return r,
+            r = step => match r {
+                Some(r) => return Budgeted::Answered(r),
+                None => continue,
+            },
             _ = tokio::time::sleep_until(budget.deadline().into()) => {
                 if !budget.is_paused() && Instant::now() >= budget.deadline() {
-                    return on_timeout();
+                    return Budgeted::TimedOut;
                 }
             }
         }

@@ -222,7 +222,7 @@ impl AwsFront {
         // for approval would otherwise pin that buffer, and hyper's read for
         // the connection's next request would allocate a second one.
         drop(parts);
-        let body = Bytes::copy_from_slice(&body);
+        let body = super::owned_body(body);
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {

@@ -271,7 +271,7 @@ impl VaultFront {
             certificate,
         };
         drop(parts);
-        let body = Bytes::copy_from_slice(&body);
+        let body = super::owned_body(body);
         match self.broker.admit(&access).await {
             Ok(Admission::Proceed { .. }) => {}
             Ok(Admission::Refused(r)) => {

@@ -21,6 +21,9 @@ pub struct Budget {
     /// Milliseconds after `started` when the request times out.
     deadline_ms: AtomicU64,
     paused: AtomicBool,
+    /// Set when the request turned out to need an approval: from then on
+    /// the server may take it off its connection while it waits.
+    parkable: AtomicBool,
     resumed: tokio::sync::Notify,
 }
 
@@ -30,6 +33,7 @@ impl Budget {
             started: Instant::now(),
             deadline_ms: AtomicU64::new(limit.as_millis() as u64),
             paused: AtomicBool::new(false),
+            parkable: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
         })
     }
@@ -43,6 +47,10 @@ impl Budget {
         self.paused.load(Ordering::Acquire)
     }
 
+    pub fn is_parkable(&self) -> bool {
+        self.parkable.load(Ordering::Acquire)
+    }
+
     /// Resolves after the current pause ends; `enable` it before checking
     /// `is_paused` so a resume in between is not missed.
     pub fn resumed(&self) -> tokio::sync::futures::Notified<'_> {
@@ -54,6 +62,13 @@ impl Budget {
     pub fn scope<F: Future>(self: Arc<Self>, fut: F) -> impl Future<Output = F::Output> {
         BUDGET.scope(self, fut)
     }
+}
+
+/// Mark the current request as one that may wait for a human (it matched a
+/// hold rule): the server may park it at its next wait, the store commit of
+/// the hold included, instead of keeping a whole connection for it.
+pub fn may_park() {
+    let _ = BUDGET.try_with(|b| b.parkable.store(true, Ordering::Release));
 }
 
 /// Run `fut` (an approval wait) without spending the current request's budget.

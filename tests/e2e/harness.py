@@ -669,6 +669,7 @@ class Keygate:
         client_cert: tuple[str, str] | None = None,
         verify: str | bool | None = None,
         retries: dict | None = None,
+        read_timeout: float = 60,
     ):
         """A boto3 Secrets Manager client pointed at keygate's workload listener.
         Over TLS it trusts `verify` (default: the harness's ca_bundle) and
@@ -682,7 +683,7 @@ class Keygate:
             verify=self.ca_bundle if verify is None else verify,
             config=Config(
                 retries=retries or {"max_attempts": 1},
-                read_timeout=60,
+                read_timeout=read_timeout,
                 connect_timeout=5,
                 client_cert=client_cert,
             ),

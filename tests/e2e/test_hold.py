@@ -56,6 +56,44 @@ def test_held_prod_read_returns_value_once_approved_while_client_waits(keygate, 
         assert kind in kinds, f"{kind} missing from audit events {kinds}"
 
 
+def test_held_answer_is_written_off_hyper_and_the_client_reconnects(keygate, background):
+    """A held HTTP/1 request is parked off its hyper connection: keygate
+    writes the answer itself with `connection: close`, and the same client's
+    next call opens a new connection and works."""
+    client = keygate.client()
+    seen: list[dict] = []
+    client.meta.events.register(
+        "after-call.secrets-manager.GetSecretValue",
+        lambda http_response, **_: seen.append(dict(http_response.headers)),
+    )
+    waiting = background.submit(client.get_secret_value, SecretId=PROD_DB)
+    pending = keygate.admin.wait_for_pending(resource=PROD_DB)
+    keygate.admin.approve(pending["id"], comment="parked")
+
+    assert waiting.result(timeout=30)["SecretString"] == SECRETS[PROD_DB]
+    held_headers = {k.lower(): v for k, v in seen[0].items()}
+    assert held_headers["connection"] == "close"
+    assert held_headers["content-type"] == "application/x-amz-json-1.1"
+    assert held_headers["x-amzn-requestid"]
+    assert "date" in held_headers
+
+    assert client.get_secret_value(SecretId=DEMO_SECRET_IDS[0])["SecretString"] == SECRETS[DEMO_SECRET_IDS[0]]
+    assert "connection" not in {k.lower() for k in seen[1]}, "ordinary answers keep the connection"
+
+
+def test_client_that_gives_up_on_a_parked_request_leaves_it_pending(keygate):
+    """A client that closes its connection while parked ends its wait; the
+    request stays pending, and a retry after approval gets the value."""
+    impatient = keygate.client(read_timeout=1)
+    with pytest.raises(Exception, match="(?i)read timeout"):
+        impatient.get_secret_value(SecretId=PROD_API)
+    pending = keygate.admin.wait_for_pending(resource=PROD_API)
+    assert pending["state"] == "pending"
+    keygate.admin.approve(pending["id"], comment="after the client left")
+
+    assert keygate.client().get_secret_value(SecretId=PROD_API)["SecretString"] == SECRETS[PROD_API]
+
+
 def test_held_prod_read_approved_with_keygate_cli(keygate, background):
     waiting = background.submit(keygate.client().get_secret_value, SecretId=PROD_DB)
     keygate.admin.wait_for_pending(resource=PROD_DB)
