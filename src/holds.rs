@@ -58,7 +58,9 @@ struct Entry {
 
 #[derive(Default)]
 struct Live {
-    by_id: HashMap<String, Entry>,
+    /// Boxed: a table keeps spare slots (up to half of them after it
+    /// grows), and an entry inline is most of a kilobyte.
+    by_id: HashMap<String, Box<Entry>>,
     /// Digest -> id of the request that currently answers for that digest:
     /// pending, approved with a usable grant, or denied (until it would have
     /// expired, so that a retry learns the denial instead of asking again).
@@ -71,7 +73,7 @@ impl Live {
         self.by_digest
             .insert(request.subject.digest.clone(), request.id.clone());
         self.by_id
-            .insert(request.id.clone(), Entry { request, announce });
+            .insert(request.id.clone(), Box::new(Entry { request, announce }));
         rx
     }
 

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import botocore.exceptions
@@ -36,6 +37,7 @@ from certs import (
 from harness import (
     DEMO_APP,
     OTHER_APP,
+    PROD_DB,
     OTHER_APP_TOKEN,
     REPO,
     SECRETS,
@@ -155,6 +157,18 @@ def test_boto3_over_https_with_sigv4_and_no_client_ca(start_keygate, pki):
     code, _message, status = client_error(lambda: kg.client(OTHER_APP).get_secret_value(SecretId=DEMO_SECRET))
     assert (code, status) == ("AccessDeniedException", 400), "policy still applies over TLS"
     expect_no_http_answer(kg.endpoint.replace("https://", "http://"))
+
+
+def test_held_request_over_tls_is_answered_after_approval_and_the_client_reconnects(mtls_keygate):
+    """A held request on a TLS connection is parked off hyper like a plain
+    one: its answer comes over the same TLS session, which then closes."""
+    client = mtls_keygate.client()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(client.get_secret_value, SecretId=PROD_DB)
+        pending = mtls_keygate.admin.wait_for_pending(resource=PROD_DB)
+        mtls_keygate.admin.approve(pending["id"], comment="tls")
+        assert waiting.result(timeout=30)["SecretString"] == SECRETS[PROD_DB]
+    assert client.get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == SECRETS[DEMO_SECRET]
 
 
 def test_sigv4_without_client_certificate_still_works_when_mtls_is_optional(mtls_keygate):
