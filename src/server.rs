@@ -322,6 +322,8 @@ impl Connection {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (name, remote) = (self.name, self.remote);
+        // A client that stops reading its answer is as slow as one that
+        // stops sending its request head: the same bound applies.
         let write_timeout = self.limits.header_read_timeout;
         let driving = Box::pin(self.drive(io, protocol, peer, handler, reject.clone()));
         let parked = driving.await;
@@ -372,6 +374,7 @@ impl Connection {
                 let (slot, io) = ParkSlot::wrap(io);
                 (Some(slot), io)
             }
+            // Wrapped all the same (one IO type for both arms); never parked.
             Protocol::Http2 => (None, ParkSlot::<B>::wrap(io).1),
         };
         let service = {
