@@ -369,14 +369,7 @@ impl Connection {
         let request_timeout = self.limits.request_timeout;
         let limits = self.limits.clone();
         // HTTP/1 connections can park a held request (see `park`).
-        let (slot, io) = match protocol {
-            Protocol::Http1 => {
-                let (slot, io) = ParkSlot::wrap(io);
-                (Some(slot), io)
-            }
-            // Wrapped all the same (one IO type for both arms); never parked.
-            Protocol::Http2 => (None, ParkSlot::<B>::wrap(io).1),
-        };
+        let slot = (protocol == Protocol::Http1).then(|| Arc::new(ParkSlot::new()));
         let service = {
             let activity = activity.clone();
             let slot = slot.clone();
@@ -444,27 +437,29 @@ impl Connection {
             })
         };
         let builders = self.builders.clone();
-        match protocol {
-            Protocol::Http1 => {
-                let mut conn = builders.h1.serve_connection(TokioIo::new(io), service);
-                let slot = slot.as_deref();
+        // The slot exists exactly for HTTP/1.
+        match slot.as_deref() {
+            Some(slot) => {
+                let mut conn = builders
+                    .h1
+                    .serve_connection(TokioIo::new(slot.watch(io)), service);
                 let ended = self
                     .supervise(
                         std::pin::Pin::new(&mut conn),
                         http1::Connection::graceful_shutdown,
                         &activity,
-                        slot.map(|s| s.parked()),
+                        Some(slot.parked()),
                     )
                     .await;
                 let parked = match ended {
-                    Ended::Parked => slot.and_then(ParkSlot::take),
+                    Ended::Parked => slot.take(),
                     Ended::Closed => None,
                 };
                 // Dropping hyper's connection state (and its buffers) is the
                 // point of parking.
                 parked.map(|p| (conn.into_parts().io.into_inner().into_inner(), p))
             }
-            Protocol::Http2 => {
+            None => {
                 let conn = std::pin::pin!(builders.h2.serve_connection(TokioIo::new(io), service));
                 let no_park: Option<std::future::Pending<()>> = None;
                 self.supervise(

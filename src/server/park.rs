@@ -58,15 +58,20 @@ pub struct ParkSlot<B> {
 }
 
 impl<B> ParkSlot<B> {
-    /// A slot and the IO wrapper that reports to it.
-    pub fn wrap<I>(io: I) -> (Arc<ParkSlot<B>>, Parkable<I>) {
-        let unflushed = Arc::new(AtomicBool::new(false));
-        let slot = Arc::new(ParkSlot {
-            unflushed: unflushed.clone(),
+    pub fn new() -> ParkSlot<B> {
+        ParkSlot {
+            unflushed: Arc::new(AtomicBool::new(false)),
             parked: Mutex::new(None),
             notify: Notify::new(),
-        });
-        (slot, Parkable { io, unflushed })
+        }
+    }
+
+    /// The connection's IO as hyper should see it, reporting to this slot.
+    pub fn watch<I>(&self, io: I) -> Parkable<I> {
+        Parkable {
+            io,
+            unflushed: self.unflushed.clone(),
+        }
     }
 
     /// Park `request` unless hyper still has response bytes to write, in
@@ -288,7 +293,8 @@ mod tests {
     #[tokio::test]
     async fn a_request_is_not_parked_while_hyper_has_unflushed_bytes() {
         let (client, server) = tokio::io::duplex(64);
-        let (slot, mut io) = ParkSlot::<http_body_util::Full<Bytes>>::wrap(server);
+        let slot = ParkSlot::<http_body_util::Full<Bytes>>::new();
+        let mut io = slot.watch(server);
         let parked = || Parked {
             handler: Box::pin(async { Response::new(http_body_util::Full::new(Bytes::new())) }),
             budget: Budget::new(Duration::from_secs(1)),
