@@ -47,8 +47,9 @@ pub enum AppError {
 }
 
 pub struct App {
-    aws: AwsFront,
-    vault: VaultFront,
+    /// Shared with each request's future (see `AwsFront::handle`).
+    aws: Arc<AwsFront>,
+    vault: Arc<VaultFront>,
     admin: Admin,
     broker: Arc<Broker>,
     workload_tls: Option<Arc<ReloadingTls>>,
@@ -172,8 +173,8 @@ impl App {
             spec.clone().map(|s| ReloadingTls::new(name, s)).transpose()
         };
         Ok(App {
-            aws,
-            vault,
+            aws: Arc::new(aws),
+            vault: Arc::new(vault),
             admin,
             broker,
             workload_tls: tls("workload", &config.server.tls)?,
@@ -219,10 +220,7 @@ impl App {
                 tls: app.workload_tls.clone(),
                 limits: app.limits.clone(),
             },
-            move |req| {
-                let app = workload_app.clone();
-                async move { front::route(&app.aws, &app.vault, req).await }
-            },
+            move |req| front::route(&workload_app.aws, &workload_app.vault, req),
             front::reject,
             stop_rx.clone(),
             SHUTDOWN_GRACE,

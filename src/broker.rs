@@ -5,8 +5,14 @@
 //! Only then does the front end consult the cache or the upstream, so
 //! authorization always comes before the cache.
 //!
+//! `admit` is two steps that a front end may also take apart: `decide`
+//! answers at once or returns a `Pending` hold, and `await_decision` waits
+//! for the human. Between them the front end drops the request it parsed,
+//! so that a request waiting minutes keeps only what its answer needs.
+//!
 //! **Invariant:** nothing proceeds unaudited: the decision's audit event is
-//! committed before `admit` returns `Proceed`.
+//! committed before `admit` (or `decide`, or `await_decision`) returns
+//! `Proceed`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +94,31 @@ pub enum Admission {
         grant: Option<String>,
     },
     Refused(Refusal),
+}
+
+/// What [`Broker::decide`] came to.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Decided and recorded: go ahead, or refuse.
+    Now(Admission),
+    /// Held for a human; [`Broker::await_decision`] waits for the decision.
+    Held(Pending),
+}
+
+/// A held request's place in the approval queue: what its wait and the
+/// grant's use need, and nothing of the request it came from.
+#[derive(Debug)]
+pub struct Pending {
+    id: String,
+    rx: tokio::sync::watch::Receiver<Outcome>,
+    rule: String,
+    group: String,
+    window: Duration,
+    /// The identity and resources that volume rules count once it is
+    /// released (only when some rule counts reads and this is one).
+    reads: Option<(String, Vec<String>)>,
+    /// When the request was decided: its reads count from then.
+    decided_at: Timestamp,
 }
 
 /// Why a request may not proceed; each front end words it natively.
@@ -253,7 +284,20 @@ impl Broker {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// Decide `req` and wait for a human if it is held: the whole of
+    /// [`Broker::decide`] and [`Broker::await_decision`].
     pub async fn admit(&self, req: &AccessRequest) -> Result<Admission, BrokerError> {
+        match self.decide(req).await? {
+            Verdict::Now(admission) => Ok(admission),
+            Verdict::Held(pending) => self.await_decision(pending).await,
+        }
+    }
+
+    /// Decide `req` and record the decision. A request held for approval
+    /// comes back as [`Verdict::Held`] once its hold is durable, so that
+    /// the caller can let go of everything it needed to decide before the
+    /// (possibly long) wait.
+    pub async fn decide(&self, req: &AccessRequest) -> Result<Verdict, BrokerError> {
         let now = Timestamp::now();
         let decision = {
             let view = policy::Request {
@@ -298,9 +342,11 @@ impl Broker {
             e.rule = Some(rule.to_string());
             e.detail = Some("no justification given; the rule requires one".into());
             self.record_decision(e).await?;
-            return Ok(Admission::Refused(Refusal::JustificationRequired {
-                rule: rule.to_string(),
-            }));
+            return Ok(Verdict::Now(Admission::Refused(
+                Refusal::JustificationRequired {
+                    rule: rule.to_string(),
+                },
+            )));
         }
         match decision {
             Decided::Allow(rule) => {
@@ -308,19 +354,21 @@ impl Broker {
                 e.rule = rule.clone();
                 self.record_decision(e).await?;
                 self.record_reads(req, now);
-                Ok(Admission::Proceed { rule, grant: None })
+                Ok(Verdict::Now(Admission::Proceed { rule, grant: None }))
             }
             Decided::Deny(rule, reason) => {
                 let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
                 e.rule = rule.clone();
                 e.detail = Some(reason.clone());
                 self.record_decision(e).await?;
-                Ok(Admission::Refused(Refusal::Policy { rule, reason }))
+                Ok(Verdict::Now(Admission::Refused(Refusal::Policy {
+                    rule,
+                    reason,
+                })))
             }
             // Boxed: the hold path's future is several times the size of
             // the allow path's, and inline it would make every request's
-            // future that large (and every held request keep the largest
-            // state of each step; see `hold`).
+            // future that large.
             Decided::Hold(rule, spec, reasons) => {
                 Box::pin(self.hold(req, rule, spec, reasons, now)).await
             }
@@ -334,14 +382,14 @@ impl Broker {
         spec: policy::HoldSpec,
         reasons: Vec<String>,
         now: Timestamp,
-    ) -> Result<Admission, BrokerError> {
+    ) -> Result<Verdict, BrokerError> {
         let subject = Subject {
             identity: req.identity.clone(),
             front: req.front,
             operation: req.operation.clone(),
             class: req.class,
             resources: req.resources.clone(),
-            parameters: req.parameters.redacted(),
+            parameters: req.parameters.redacted().into(),
             justification: req.justification.clone(),
             digest: self.digest(req),
             client: req.client.map(crate::hexfmt::ip),
@@ -362,10 +410,10 @@ impl Broker {
                 )
                 .await?;
                 self.record_reads(req, now);
-                return Ok(Admission::Proceed {
+                return Ok(Verdict::Now(Admission::Proceed {
                     rule: Some(rule),
                     grant: Some(bypassed.id),
-                });
+                }));
             }
             // Not on the rule's break-glass list: the hold stands, and
             // approvers see that it was tried.
@@ -376,9 +424,7 @@ impl Broker {
         }
         // From here the request may wait minutes: let the server park it.
         crate::server::budget::may_park();
-        // The steps before and after the wait are boxed so that this
-        // future, which a held request keeps for as long as it waits, is
-        // only as large as the wait itself.
+        let refused = |r| Ok(Verdict::Now(Admission::Refused(r)));
         let admitted = match Box::pin(self.holds.admit(subject, &rule, reasons, &spec, now)).await {
             Ok(a) => a,
             Err(HoldError::TooManyPending { limit, .. }) => {
@@ -386,70 +432,109 @@ impl Broker {
                 e.rule = Some(rule);
                 e.detail = Some(format!("pending request limit ({limit}) reached"));
                 self.store.commit(Commit::event(e)).await?;
-                return Ok(Admission::Refused(Refusal::TooManyPending { limit }));
+                return refused(Refusal::TooManyPending { limit });
             }
             Err(HoldError::Overloaded { limit }) => {
                 let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
                 e.rule = Some(rule);
                 e.detail = Some(format!("global pending request limit ({limit}) reached"));
                 self.store.commit(Commit::event(e)).await?;
-                return Ok(Admission::Refused(Refusal::Overloaded));
+                return refused(Refusal::Overloaded);
             }
             Err(HoldError::Store(e)) => return Err(e.into()),
             Err(other) => {
-                return Ok(Admission::Refused(Refusal::Policy {
+                return refused(Refusal::Policy {
                     rule: Some(rule),
                     reason: other.to_string(),
-                }))
+                })
             }
         };
-        let (id, rx) = match admitted {
+        match admitted {
             Admit::Granted { id } => {
                 self.record_reads(req, now);
-                return Ok(Admission::Proceed {
+                Ok(Verdict::Now(Admission::Proceed {
                     rule: Some(rule),
                     grant: Some(id),
-                });
-            }
-            Admit::Denied { id, denial } => {
-                return Ok(Admission::Refused(Refusal::Rejected {
-                    id,
-                    by: denial.by,
-                    reason: denial.reason,
                 }))
             }
-            Admit::Waiting { id, rx } => (id, rx),
-        };
-        // The approval wait does not spend the request's time budget.
-        let waited = crate::server::budget::paused(self.holds.wait(rx, spec.hold_window)).await;
-        match waited {
-            Outcome::ShuttingDown => Ok(Admission::Refused(Refusal::ShuttingDown { id })),
-            Outcome::Pending => Ok(Admission::Refused(Refusal::AwaitingApproval {
+            Admit::Denied { id, denial } => refused(Refusal::Rejected {
                 id,
+                by: denial.by,
+                reason: denial.reason,
+            }),
+            Admit::Waiting { id, rx } => Ok(Verdict::Held(Pending {
+                id,
+                rx,
                 rule,
                 group: spec.approver_group,
+                window: spec.hold_window,
+                reads: self.reads_of(req),
+                decided_at: now,
             })),
-            Outcome::Denied(d) => Ok(Admission::Refused(Refusal::Rejected {
+        }
+    }
+
+    /// Wait for a human's decision on a held request, then use its grant.
+    /// Only what `pending` holds is kept for the wait, which may take the
+    /// whole hold window.
+    pub async fn await_decision(&self, pending: Pending) -> Result<Admission, BrokerError> {
+        let Pending {
+            id,
+            rx,
+            rule,
+            group,
+            window,
+            reads,
+            decided_at,
+        } = pending;
+        // The approval wait does not spend the request's time budget.
+        let pause = crate::server::budget::pause();
+        let waited = self.holds.wait(rx, window).await;
+        drop(pause);
+        let refused = |r| Ok(Admission::Refused(r));
+        match waited {
+            Outcome::ShuttingDown => refused(Refusal::ShuttingDown { id }),
+            Outcome::Pending => refused(Refusal::AwaitingApproval { id, rule, group }),
+            Outcome::Denied(d) => refused(Refusal::Rejected {
                 id,
                 by: d.by,
                 reason: d.reason,
-            })),
-            Outcome::Expired => Ok(Admission::Refused(Refusal::Expired { id })),
-            Outcome::Approved => match Box::pin(self.holds.release(&id, Timestamp::now())).await {
-                Ok(()) => {
-                    self.record_reads(req, now);
-                    Ok(Admission::Proceed {
-                        rule: Some(rule),
-                        grant: Some(id),
-                    })
+            }),
+            Outcome::Expired => refused(Refusal::Expired { id }),
+            Outcome::Approved => {
+                // Its own statement: a temporary in the awaiting one would
+                // keep room for the unboxed future in this (long-lived) state.
+                let releasing = Box::pin(self.holds.release(&id, Timestamp::now()));
+                self.use_grant(releasing.await, id, rule, reads, decided_at)
+            }
+        }
+    }
+
+    /// The end of an approved request's wait: use its grant.
+    fn use_grant(
+        &self,
+        released: Result<(), HoldError>,
+        id: String,
+        rule: String,
+        reads: Option<(String, Vec<String>)>,
+        decided_at: Timestamp,
+    ) -> Result<Admission, BrokerError> {
+        match released {
+            Ok(()) => {
+                if let Some((identity, resources)) = reads {
+                    self.record_history(identity, decided_at, &resources);
                 }
-                Err(HoldError::Store(e)) => Err(e.into()),
-                // Another waiter on the same merged request used a one-time grant first.
-                Err(other) => Ok(Admission::Refused(Refusal::GrantUnavailable {
-                    id,
-                    why: other.to_string(),
-                })),
-            },
+                Ok(Admission::Proceed {
+                    rule: Some(rule),
+                    grant: Some(id),
+                })
+            }
+            Err(HoldError::Store(e)) => Err(e.into()),
+            // Another waiter on the same merged request used a one-time grant first.
+            Err(other) => Ok(Admission::Refused(Refusal::GrantUnavailable {
+                id,
+                why: other.to_string(),
+            })),
         }
     }
 
@@ -498,15 +583,24 @@ impl Broker {
     }
 
     fn record_reads(&self, req: &AccessRequest, now: Timestamp) {
-        if self.history_keep.is_zero() || !matches!(req.class, OpClass::Read | OpClass::Bulk) {
-            return;
+        if let Some((identity, resources)) = self.reads_of(req) {
+            self.record_history(identity, now, &resources);
         }
+    }
+
+    /// What volume rules will count of `req`, if any rule counts reads and
+    /// `req` is a read: kept by a held request until its release.
+    fn reads_of(&self, req: &AccessRequest) -> Option<(String, Vec<String>)> {
+        (!self.history_keep.is_zero() && matches!(req.class, OpClass::Read | OpClass::Bulk))
+            .then(|| (req.identity.clone(), req.resources.clone()))
+    }
+
+    fn record_history(&self, identity: String, now: Timestamp, resources: &[String]) {
         let mut histories = self.histories.lock().unwrap_or_else(|p| p.into_inner());
-        histories.entry(req.identity.clone()).or_default().record(
-            now,
-            self.history_keep,
-            &req.resources,
-        );
+        histories
+            .entry(identity)
+            .or_default()
+            .record(now, self.history_keep, resources);
     }
 }
 
@@ -514,4 +608,132 @@ enum Decided {
     Allow(Option<String>),
     Deny(Option<String>, String),
     Hold(String, policy::HoldSpec, Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::{Narrowing, Reviewer};
+    use crate::glob::Glob;
+    use crate::holds::ReviewAction;
+    use crate::policy::{Action, Conditions, DefaultAction, GrantSpec, HoldSpec, Rule};
+    use crate::store::sqlite::SqliteStore;
+    use std::num::NonZeroU32;
+
+    fn hold_rule() -> Rule {
+        Rule {
+            name: "prod-read".into(),
+            identities: vec![],
+            groups: vec![],
+            fronts: vec![],
+            operations: vec!["GetSecretValue".into()],
+            classes: vec![],
+            resources: vec![Glob::new("prod/*")],
+            conditions: Conditions::default(),
+            action: Action::Hold(HoldSpec {
+                approver_group: "secops".into(),
+                approvals: NonZeroU32::MIN,
+                extra_factors: vec![],
+                denials: NonZeroU32::MIN,
+                escalation: None,
+                break_glass: vec![],
+                hold_window: Duration::from_secs(20),
+                request_ttl: Duration::from_secs(60),
+                approval_ttl: Duration::from_secs(60),
+                grant: GrantSpec::Once,
+            }),
+            require_justification: false,
+        }
+    }
+
+    async fn broker(dir: &tempfile::TempDir) -> Broker {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("open store"));
+        let holds = Holds::load(store.clone(), 10, 100, Timestamp::now())
+            .await
+            .expect("load holds");
+        let policy = Policy::new(DefaultAction::Deny, vec![hold_rule()]);
+        Broker::new(policy, holds, store, [7; 32], AuditMode::Strict)
+    }
+
+    fn request(secret: &str) -> AccessRequest {
+        AccessRequest {
+            identity: "app".into(),
+            groups: vec![],
+            front: Front::Aws,
+            operation: "GetSecretValue".into(),
+            class: OpClass::Read,
+            resources: vec![secret.into()],
+            parameters: Parameters::Redacted(serde_json::json!({ "SecretId": secret })),
+            digest_material: secret.as_bytes().to_vec(),
+            justification: None,
+            facts: policy::Facts::default(),
+            break_glass: None,
+            client: None,
+            certificate: None,
+        }
+    }
+
+    fn held(verdict: Verdict) -> Pending {
+        match verdict {
+            Verdict::Held(pending) => pending,
+            Verdict::Now(a) => panic!("expected the request to be held, got {a:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_request_waits_on_its_pending_hold_alone_and_proceeds_once_approved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = broker(&dir).await;
+        let req = request("prod/db");
+        let pending = held(b.decide(&req).await.expect("decide"));
+        // The wait needs nothing of the request it came from.
+        drop(req);
+        let id = pending.id.clone();
+        let groups = vec!["secops".to_string()];
+        let approve = async {
+            b.holds()
+                .review(
+                    &id,
+                    Reviewer {
+                        name: "alice",
+                        groups: &groups,
+                    },
+                    None,
+                    ReviewAction::Approve {
+                        comment: None,
+                        narrowed: Narrowing::default(),
+                    },
+                    Timestamp::now(),
+                )
+                .await
+                .expect("approve")
+        };
+        let (admission, _) = tokio::join!(b.await_decision(pending), approve);
+        assert_eq!(
+            admission.expect("no store error"),
+            Admission::Proceed {
+                rule: Some("prod-read".into()),
+                grant: Some(id),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn admit_is_decide_then_await_decision() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = broker(&dir).await;
+        match b.admit(&request("dev/db")).await.expect("admit") {
+            Admission::Refused(Refusal::Policy { rule: None, .. }) => {}
+            other => panic!("expected the default deny, got {other:?}"),
+        }
+        // A held request that nobody decides: shutting down answers it, and
+        // it stays pending.
+        b.holds().shut_down();
+        match b.admit(&request("prod/db")).await.expect("admit") {
+            Admission::Refused(Refusal::ShuttingDown { .. }) => {}
+            other => panic!("expected ShuttingDown, got {other:?}"),
+        }
+        assert_eq!(b.holds().pending_count().await, 1);
+    }
 }

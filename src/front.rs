@@ -8,6 +8,7 @@ pub mod vault;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -48,15 +49,19 @@ pub(crate) fn owned_body(body: Bytes) -> Bytes {
     Bytes::copy_from_slice(&body)
 }
 
-pub async fn route(
-    aws: &aws::AwsFront,
-    vault: &vault::VaultFront,
+/// Hand a request to the front end its path names. Not an `async fn`, so
+/// that the request moves straight into the front end's own future (see
+/// `aws::AwsFront::handle`) instead of being kept here as well.
+pub fn route(
+    aws: &Arc<aws::AwsFront>,
+    vault: &Arc<vault::VaultFront>,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> impl std::future::Future<Output = Response<Body>> + Send + 'static {
     if req.uri().path().starts_with("/v1/") {
-        return vault.handle(req).await;
+        Either::Left(Arc::clone(vault).handle(req))
+    } else {
+        Either::Right(Arc::clone(aws).handle(req))
     }
-    aws.handle(req).await
 }
 
 /// The server's own refusals, in the wire format of the front end the

@@ -80,7 +80,7 @@ pub struct Subject {
     pub class: OpClass,
     pub resources: Vec<String>,
     /// Request parameters with secret values removed: safe to show approvers.
-    pub parameters: serde_json::Value,
+    pub parameters: ParametersJson,
     pub justification: Option<String>,
     pub digest: String,
     /// Where the request came from (after trusted proxies), for approvers.
@@ -90,6 +90,38 @@ pub struct Subject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
 }
+
+/// A held request's parameters as JSON text, written and read verbatim.
+///
+/// Text rather than a `serde_json::Value`: a parsed object is a B-tree
+/// whose first node alone is over 600 bytes, and every pending request
+/// keeps its parameters in memory for as long as it waits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ParametersJson(Box<serde_json::value::RawValue>);
+
+impl ParametersJson {
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<serde_json::Value> for ParametersJson {
+    fn from(v: serde_json::Value) -> ParametersJson {
+        // A `Value` always serializes; `null` is the (unreachable) fallback.
+        let raw = serde_json::value::to_raw_value(&v)
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(&()).expect("null serializes"));
+        ParametersJson(raw)
+    }
+}
+
+impl PartialEq for ParametersJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ParametersJson {}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Review {
@@ -646,6 +678,31 @@ mod tests {
     use std::num::NonZeroU32;
     use std::time::Duration;
 
+    #[test]
+    fn parameters_are_kept_and_stored_as_the_json_they_were() {
+        let p = ParametersJson::from(
+            serde_json::json!({"SecretId": "prod/x", "VersionStage": "AWSCURRENT"}),
+        );
+        assert_eq!(
+            p.as_str(),
+            r#"{"SecretId":"prod/x","VersionStage":"AWSCURRENT"}"#
+        );
+        // Stored inside a request record, read back unchanged.
+        let record =
+            serde_json::to_string(&serde_json::json!({ "parameters": p })).expect("serialize");
+        assert_eq!(
+            record,
+            r#"{"parameters":{"SecretId":"prod/x","VersionStage":"AWSCURRENT"}}"#
+        );
+        #[derive(serde::Deserialize)]
+        struct Record {
+            parameters: ParametersJson,
+        }
+        let back: Record = serde_json::from_str(&record).expect("deserialize");
+        assert_eq!(back.parameters, p);
+        assert_ne!(back.parameters, ParametersJson::from(serde_json::json!({})));
+    }
+
     fn spec(approvals: u32, grant: GrantSpec) -> HoldSpec {
         HoldSpec {
             approver_group: "secops".into(),
@@ -668,7 +725,7 @@ mod tests {
             operation: "GetSecretValue".into(),
             class: OpClass::Read,
             resources: vec!["prod/x".into()],
-            parameters: serde_json::json!({"SecretId": "prod/x"}),
+            parameters: serde_json::json!({"SecretId": "prod/x"}).into(),
             justification: None,
             digest: "d".into(),
             client: None,

@@ -316,9 +316,10 @@ impl Holds {
         if *closing.borrow_and_update() {
             return Outcome::ShuttingDown;
         }
-        let decided = rx.wait_for(|o| *o != Outcome::Pending);
+        // Made inside the select: a `let` first would keep a second copy
+        // of the waiting future in this (long-lived) state.
         tokio::select! {
-            d = tokio::time::timeout(window, decided) => match d {
+            d = tokio::time::timeout(window, rx.wait_for(|o| *o != Outcome::Pending)) => match d {
                 Ok(Ok(o)) => o.clone(),
                 // Timed out, or the request left the live index: still pending.
                 _ => Outcome::Pending,
@@ -644,7 +645,7 @@ mod tests {
             operation: "GetSecretValue".into(),
             class: OpClass::Read,
             resources: vec!["prod/x".into()],
-            parameters: serde_json::json!({"SecretId": "prod/x"}),
+            parameters: serde_json::json!({"SecretId": "prod/x"}).into(),
             justification: None,
             digest: digest.into(),
             client: None,

@@ -110,10 +110,9 @@ pub async fn serve<H, F, R, B>(
                     shutdown: shutdown.clone(),
                 };
                 let (handler, reject, tls) = (handler.clone(), reject.clone(), tls.clone());
-                tokio::spawn(async move {
-                    conn.run(stream, tls, handler, reject).await;
-                    drop(guard);
-                });
+                // The guard counts the connection as open until it and any
+                // request parked from it are answered (see `serve`).
+                tokio::spawn(conn.run(stream, tls, handler, reject, guard));
             }
             _ = shutdown.changed() => break,
         }
@@ -243,6 +242,7 @@ impl Connection {
         tls: Option<Arc<ReloadingTls>>,
         handler: H,
         reject: R,
+        guard: ConnectionGuard,
     ) where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<B>> + Send + 'static,
@@ -271,7 +271,7 @@ impl Connection {
                 }
             };
             let peer = self.peer(None);
-            let serving = Box::pin(self.serve(stream, protocol, peer, handler, reject));
+            let serving = Box::pin(self.serve(stream, protocol, peer, handler, reject, guard));
             return serving.await;
         };
         let handshake_timeout = self.limits.handshake_timeout;
@@ -300,12 +300,13 @@ impl Connection {
             .and_then(|chain| chain.first())
             .map(|leaf| peer::certificate_name(leaf.as_ref()).map(Arc::new));
         let peer = self.peer(cert);
-        let serving = Box::pin(self.serve(stream, protocol, peer, handler, reject));
+        let serving = Box::pin(self.serve(stream, protocol, peer, handler, reject, guard));
         serving.await
     }
 
     /// Serve requests on `io` until the connection ends; if a request was
-    /// parked on the way, answer it on the bare connection.
+    /// parked on the way, answer it on the bare connection, in a task of
+    /// its own.
     async fn serve<I, H, F, R, B>(
         self,
         io: I,
@@ -313,6 +314,7 @@ impl Connection {
         peer: Peer,
         handler: H,
         reject: R,
+        guard: ConnectionGuard,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -329,12 +331,14 @@ impl Connection {
         let parked = driving.await;
         let Some((io, parked)) = parked else { return };
         tracing::debug!(listener = name, remote = %remote, "held request parked off hyper");
-        // Boxed: only parked requests pay for this state, not every
-        // connection's task.
-        let answering = Box::pin(answer_parked(io, parked, reject, write_timeout));
-        if let Err(e) = answering.await {
-            tracing::debug!(listener = name, remote = %remote, error = %e, "parked request's connection failed");
-        }
+        // A task of its own, the size of this wait alone: the connection's
+        // task, sized for hyper's connection and a TLS handshake, ends here.
+        tokio::spawn(async move {
+            if let Err(e) = answer_parked(io, parked, reject, write_timeout).await {
+                tracing::debug!(listener = name, remote = %remote, error = %e, "parked request's connection failed");
+            }
+            drop(guard);
+        });
     }
 
     fn peer(&self, cert: Option<Result<Arc<peer::CertName>, String>>) -> Peer {

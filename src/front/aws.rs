@@ -9,6 +9,7 @@ pub mod ops;
 pub mod sigv4;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,10 +22,10 @@ use hyper::{Request, Response};
 use serde_json::Value;
 
 use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
-use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
+use crate::broker::{AccessRequest, Admission, Broker, BrokerError, Parameters, Refusal, Verdict};
 use crate::cache::ReadCache;
 use crate::config::Identity;
-use crate::policy::Front;
+use crate::policy::{Front, OpClass};
 use crate::secret::SecretBytes;
 use crate::timestamp::Timestamp;
 use crate::tls::peer::CertIdentities;
@@ -111,28 +112,80 @@ impl AwsFront {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let request_id = crate::request_id::next();
+    /// Answer one request.
+    ///
+    /// Not an `async fn`: the request moves at once into the boxed
+    /// decision, which reads, authenticates and decides it and is gone
+    /// before any approval wait. The future returned keeps no copy of the
+    /// request, only what executing it needs, and that is all a held
+    /// request keeps while it waits. The front end comes back out of the
+    /// decision too, so that one reference serves the whole request.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
         let started = Instant::now();
-        let (response, log) = match self.serve(req).await {
-            Ok((resp, log)) => (resp, log),
-            Err((err, log)) => (error_response(&err), log),
-        };
-        let status = response.status().as_u16();
-        log.emit("aws", &request_id, status, started);
-        with_request_id(response, &request_id)
+        let deciding = Box::pin(self.decide_logged(req));
+        async move {
+            let request_id = crate::request_id::next();
+            let (this, mut log, decided) = deciding.await;
+            let answered = match decided {
+                Ok((verdict, call)) => match this.admission(verdict, &mut log).await {
+                    Ok(()) => this.execute(call, &mut log).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let response = answered.unwrap_or_else(|e| error_response(&e));
+            let status = response.status().as_u16();
+            log.emit("aws", &request_id, status, started);
+            with_request_id(response, &request_id)
+        }
     }
 
-    async fn serve(
+    async fn decide_logged(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> (Arc<Self>, RequestLog, Result<(Verdict, Call), ServiceError>) {
+        let mut log = RequestLog::default();
+        let decided = self.decide(req, &mut log).await;
+        (self, log, decided)
+    }
+
+    /// Whether a decided request may go ahead, waiting for a human if it
+    /// is held.
+    async fn admission(&self, verdict: Verdict, log: &mut RequestLog) -> Result<(), ServiceError> {
+        let admission = match verdict {
+            Verdict::Now(admission) => admission,
+            Verdict::Held(pending) => {
+                // Boxed: only held requests pay for the wait's state.
+                let waiting = Box::pin(self.broker.await_decision(pending));
+                match waiting.await {
+                    Ok(admission) => admission,
+                    Err(e) => return Err(store_failed(e, log)),
+                }
+            }
+        };
+        if let Admission::Refused(r) = admission {
+            log.outcome = r.label();
+            return Err(refusal_error(&r));
+        }
+        log.outcome = "allowed";
+        Ok(())
+    }
+
+    /// Read, authenticate and decide a request: the broker's verdict, and
+    /// what executing the request will need if it may go ahead.
+    async fn decide(
         &self,
         req: Request<Incoming>,
-    ) -> Result<(Response<Body>, RequestLog), (ServiceError, RequestLog)> {
-        let mut log = RequestLog::default();
+        log: &mut RequestLog,
+    ) -> Result<(Verdict, Call), ServiceError> {
         let (parts, body) = req.into_parts();
         macro_rules! fail {
             ($status:expr, $ty:expr, $msg:expr) => {{
                 log.outcome = "rejected";
-                return Err((ServiceError::new($status, $ty, $msg), log));
+                return Err(ServiceError::new($status, $ty, $msg));
             }};
         }
         if parts.method != http::Method::POST {
@@ -162,7 +215,7 @@ impl AwsFront {
             Ok(i) => i,
             Err(e) => {
                 log.outcome = "unauthenticated";
-                return Err((e, log));
+                return Err(e);
             }
         };
         log.identity = identity.name.clone();
@@ -222,31 +275,33 @@ impl AwsFront {
         // for approval would otherwise pin that buffer, and hyper's read for
         // the connection's next request would allocate a second one.
         drop(parts);
-        let body = super::owned_body(body);
-        match self.broker.admit(&access).await {
-            Ok(Admission::Proceed { .. }) => {}
-            Ok(Admission::Refused(r)) => {
-                log.outcome = r.label();
-                return Err((refusal_error(&r), log));
-            }
-            Err(e) => {
-                log.outcome = "store-error";
-                tracing::error!(error = %e, "cannot record decision; refusing");
-                return Err((
-                    ServiceError::new(
-                        500,
-                        "InternalServiceError",
-                        "keygate: could not record the decision; the request was not executed",
-                    ),
-                    log,
-                ));
-            }
+        let call = Call {
+            operation,
+            class,
+            body: super::owned_body(body),
+            cache_key: Bytes::from(material),
+        };
+        match self.broker.decide(&access).await {
+            Ok(verdict) => Ok((verdict, call)),
+            Err(e) => Err(store_failed(e, log)),
         }
-        log.outcome = "allowed";
-        let cache_key = Bytes::from(material);
+    }
+
+    /// Answer an admitted request from the cache or the upstream.
+    async fn execute(
+        &self,
+        call: Call,
+        log: &mut RequestLog,
+    ) -> Result<Response<Body>, ServiceError> {
+        let Call {
+            operation,
+            class,
+            body,
+            cache_key,
+        } = call;
         if ops::is_cacheable(operation) {
             if let Some(hit) = self.cache.get(operation, &cache_key) {
-                return Ok((ok_response(hit.expose().clone()), log));
+                return Ok(ok_response(hit.expose().clone()));
             }
         }
         match self.upstream.call(operation, body).await {
@@ -257,7 +312,7 @@ impl AwsFront {
                 } else if ops::changes_state(class) {
                     self.cache.invalidate_all();
                 }
-                Ok((ok_response(out), log))
+                Ok(ok_response(out))
             }
             Err(UpstreamError::Service(e)) => {
                 log.outcome = "upstream-error";
@@ -265,18 +320,15 @@ impl AwsFront {
                     // A failed write may still have changed something upstream.
                     self.cache.invalidate_all();
                 }
-                Err((e, log))
+                Err(e)
             }
             Err(UpstreamError::Unavailable(detail)) => {
                 log.outcome = "upstream-unavailable";
                 tracing::warn!(upstream = %self.upstream.describe(), %detail, "upstream unavailable");
-                Err((
-                    ServiceError::new(
-                        503,
-                        "ServiceUnavailable",
-                        "keygate: the upstream secret store is unavailable; try again",
-                    ),
-                    log,
+                Err(ServiceError::new(
+                    503,
+                    "ServiceUnavailable",
+                    "keygate: the upstream secret store is unavailable; try again",
                 ))
             }
         }
@@ -388,6 +440,27 @@ fn sig_error(e: sigv4::SigError) -> ServiceError {
     };
     let status = if matches!(e, Missing) { 403 } else { 400 };
     ServiceError::new(status, ty, e.to_string())
+}
+
+/// What executing an admitted request needs: all that a held request
+/// keeps while it waits for its approval.
+struct Call {
+    operation: &'static str,
+    class: OpClass,
+    /// The request body (an owned copy, not a slice of hyper's buffer).
+    body: Bytes,
+    cache_key: Bytes,
+}
+
+/// The decision could not be recorded: refuse, and say nothing more.
+fn store_failed(e: BrokerError, log: &mut RequestLog) -> ServiceError {
+    log.outcome = "store-error";
+    tracing::error!(error = %e, "cannot record decision; refusing");
+    ServiceError::new(
+        500,
+        "InternalServiceError",
+        "keygate: could not record the decision; the request was not executed",
+    )
 }
 
 fn refusal_error(r: &Refusal) -> ServiceError {

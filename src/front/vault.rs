@@ -11,6 +11,7 @@
 pub mod ops;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
-use crate::broker::{AccessRequest, Admission, Broker, Parameters, Refusal};
+use crate::broker::{AccessRequest, Admission, Broker, BrokerError, Parameters, Refusal, Verdict};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
 use crate::front::aws::{BREAK_GLASS_HEADER, JUSTIFICATION_HEADER};
@@ -129,24 +130,83 @@ impl VaultFront {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let request_id = crate::request_id::next();
+    /// Answer one request.
+    ///
+    /// Not an `async fn`: the request moves at once into the boxed
+    /// decision, which reads, authenticates and decides it and is gone
+    /// before any approval wait. The future returned keeps no copy of the
+    /// request, only what executing it needs, and that is all a held
+    /// request keeps while it waits. The front end comes back out of the
+    /// decision too, so that one reference serves the whole request.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
         let started = Instant::now();
-        let mut log = RequestLog::default();
-        let response = match self.serve(req, &mut log).await {
-            Ok(r) => r,
-            Err(e) => error_response(&e),
-        };
-        let status = response.status().as_u16();
-        log.emit("vault", &request_id, status, started);
-        response
+        let deciding = Box::pin(self.decide_logged(req));
+        async move {
+            let request_id = crate::request_id::next();
+            let (this, mut log, decided) = deciding.await;
+            let answered = match decided {
+                Ok(Decided::Answered(response)) => Ok(response),
+                Ok(Decided::Admitting(verdict, call)) => {
+                    match this.admission(verdict, &mut log).await {
+                        Ok(()) => this.execute(call, &mut log).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let response = answered.unwrap_or_else(|e| error_response(&e));
+            let status = response.status().as_u16();
+            log.emit("vault", &request_id, status, started);
+            response
+        }
     }
 
-    async fn serve(
+    async fn decide_logged(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> (Arc<Self>, RequestLog, Result<Decided, VaultError>) {
+        let mut log = RequestLog::default();
+        let decided = self.decide(req, &mut log).await;
+        (self, log, decided)
+    }
+
+    /// Whether a decided request may go ahead, waiting for a human if it
+    /// is held.
+    async fn admission(&self, verdict: Verdict, log: &mut RequestLog) -> Result<(), VaultError> {
+        let admission = match verdict {
+            Verdict::Now(admission) => admission,
+            Verdict::Held(pending) => {
+                // Boxed: only held requests pay for the wait's state.
+                let waiting = Box::pin(self.broker.await_decision(pending));
+                match waiting.await {
+                    Ok(admission) => admission,
+                    Err(e) => return Err(store_failed(e, log)),
+                }
+            }
+        };
+        if let Admission::Refused(r) = admission {
+            log.outcome = r.label();
+            let status = match r {
+                Refusal::TooManyPending { .. } => 429,
+                Refusal::Overloaded | Refusal::ShuttingDown { .. } => 503,
+                _ => 403,
+            };
+            return Err(verr(status, r.message()));
+        }
+        log.outcome = "allowed";
+        Ok(())
+    }
+
+    /// Read, authenticate and decide a request: the broker's verdict, and
+    /// what executing the request will need if it may go ahead.
+    async fn decide(
         &self,
         req: Request<Incoming>,
         log: &mut RequestLog,
-    ) -> Result<Response<Body>, VaultError> {
+    ) -> Result<Decided, VaultError> {
         log.outcome = "rejected";
         let Some(backend) = &self.backend else {
             return Err(verr(
@@ -192,7 +252,6 @@ impl VaultFront {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(SecretString::new);
-        let token = token.as_ref().map(SecretString::expose);
         let justification: Option<String> =
             header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect());
         let break_glass = owned(BREAK_GLASS_HEADER);
@@ -202,7 +261,11 @@ impl VaultFront {
         );
 
         let caller = match self
-            .authenticate(&parts.extensions, backend.as_ref(), token)
+            .authenticate(
+                &parts.extensions,
+                backend.as_ref(),
+                token.as_ref().map(SecretString::expose),
+            )
             .await
         {
             Ok(c) => c,
@@ -214,7 +277,7 @@ impl VaultFront {
         log.identity = caller.name().to_string();
         if let Some(target) = path.strip_prefix("sys/internal/ui/mounts/") {
             log.outcome = "allowed";
-            return self.mount_preflight(target);
+            return self.mount_preflight(target).map(Decided::Answered);
         }
         let json_body: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
             None
@@ -271,28 +334,6 @@ impl VaultFront {
             certificate,
         };
         drop(parts);
-        let body = super::owned_body(body);
-        match self.broker.admit(&access).await {
-            Ok(Admission::Proceed { .. }) => {}
-            Ok(Admission::Refused(r)) => {
-                log.outcome = r.label();
-                let status = match r {
-                    Refusal::TooManyPending { .. } => 429,
-                    Refusal::Overloaded | Refusal::ShuttingDown { .. } => 503,
-                    _ => 403,
-                };
-                return Err(verr(status, r.message()));
-            }
-            Err(e) => {
-                log.outcome = "store-error";
-                tracing::error!(error = %e, "cannot record decision; refusing");
-                return Err(verr(
-                    500,
-                    "keygate: could not record the decision; the request was not executed",
-                ));
-            }
-        }
-        log.outcome = "allowed";
         let cache_key = self.cache_key(
             &caller,
             &classified,
@@ -301,41 +342,77 @@ impl VaultFront {
             &query,
             wrap_ttl,
         );
-        if let Some(key) = &cache_key {
+        let call = Box::new(Call {
+            caller,
+            class: classified.class,
+            cache_key,
+            method,
+            path,
+            query,
+            body: super::owned_body(body),
+            content_type: content_type.map(str::to_owned),
+            wrap_ttl: wrap_ttl.map(str::to_owned),
+            namespace: namespace.map(str::to_owned),
+            token,
+        });
+        match self.broker.decide(&access).await {
+            Ok(verdict) => Ok(Decided::Admitting(verdict, call)),
+            Err(e) => Err(store_failed(e, log)),
+        }
+    }
+
+    /// Answer an admitted request from the cache or the upstream.
+    async fn execute(
+        &self,
+        call: Box<Call>,
+        log: &mut RequestLog,
+    ) -> Result<Response<Body>, VaultError> {
+        let Some(backend) = &self.backend else {
+            return Err(verr(
+                404,
+                "keygate: the Vault front end has no upstream configured",
+            ));
+        };
+        if let Some(key) = &call.cache_key {
             if let Some(hit) = self.cache.get("vault", key) {
                 return Ok(json_ok(hit.expose().clone()));
             }
         }
-        let as_ = match &caller {
+        let as_ = match &call.caller {
             Caller::Broker(_) => CallAs::Keygate,
             // A pass-through caller was identified by its token, so one is here.
-            Caller::Passthrough(_) => CallAs::Workload(token.ok_or_else(permission_denied)?),
+            Caller::Passthrough(_) => CallAs::Workload(
+                call.token
+                    .as_ref()
+                    .map(SecretString::expose)
+                    .ok_or_else(permission_denied)?,
+            ),
         };
-        let call = VaultCall {
-            method: &method,
-            path: &path,
-            query: &query,
-            body,
-            content_type,
-            wrap_ttl,
-            namespace,
+        let forward = VaultCall {
+            method: &call.method,
+            path: &call.path,
+            query: &call.query,
+            body: call.body.clone(),
+            content_type: call.content_type.as_deref(),
+            wrap_ttl: call.wrap_ttl.as_deref(),
+            namespace: call.namespace.as_deref(),
             as_,
         };
-        let reply = match backend.forward(call).await {
+        let reply = match backend.forward(forward).await {
             Ok(r) => r,
             Err(e) => {
                 log.outcome = "upstream-unavailable";
                 return relay(Err(e));
             }
         };
-        if let Some(key) = cache_key {
+        if let Some(key) = call.cache_key {
             if reply.status == 200 && !is_leased(&reply.body) {
                 self.cache
                     .insert("vault", key, SecretBytes::new(reply.body.clone()));
             }
         }
         if matches!(
-            classified.class,
+            call.class,
             OpClass::Write | OpClass::Delete | OpClass::Privilege
         ) && reply.status < 300
         {
@@ -460,6 +537,45 @@ impl VaultFront {
         };
         Some(Bytes::from(format!("{partition}\n{path}?{query}")))
     }
+}
+
+/// What deciding a request came to.
+enum Decided {
+    /// Answered without the broker (the UI's mount preflight).
+    Answered(Response<Body>),
+    /// The broker's verdict, and what executing the request needs (boxed:
+    /// it is larger than the AWS front end's, and inline it would set the
+    /// size of every request's future, AWS ones included).
+    Admitting(Verdict, Box<Call>),
+}
+
+/// What executing an admitted request needs: all that a held request
+/// keeps while it waits for its approval.
+struct Call {
+    caller: Caller,
+    class: OpClass,
+    cache_key: Option<Bytes>,
+    method: String,
+    path: String,
+    query: String,
+    /// The request body (an owned copy, not a slice of hyper's buffer).
+    body: Bytes,
+    content_type: Option<String>,
+    wrap_ttl: Option<String>,
+    /// Trimmed of slashes; `None` when absent or empty.
+    namespace: Option<String>,
+    /// The workload's token (pass-through mode forwards it).
+    token: Option<SecretString>,
+}
+
+/// The decision could not be recorded: refuse, and say nothing more.
+fn store_failed(e: BrokerError, log: &mut RequestLog) -> VaultError {
+    log.outcome = "store-error";
+    tracing::error!(error = %e, "cannot record decision; refusing");
+    verr(
+        500,
+        "keygate: could not record the decision; the request was not executed",
+    )
 }
 
 /// `LIST` may arrive as the verb or as `GET ?list=true`; keygate uses the verb.

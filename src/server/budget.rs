@@ -3,9 +3,9 @@
 //! its whole hold window, but reading its body, deciding it and calling the
 //! upstream are still bounded.
 //!
-//! The server runs each handler inside `BUDGET.scope`; the broker calls
-//! `paused()` around an approval wait. Outside a scope (unit tests, the
-//! CLI) `paused` is a no-op.
+//! The server runs each handler inside `BUDGET.scope`; the broker holds a
+//! `pause()` guard for the length of an approval wait. Outside a scope
+//! (unit tests, the CLI) the guard does nothing.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,19 +71,36 @@ pub fn may_park() {
     let _ = BUDGET.try_with(|b| b.parkable.store(true, Ordering::Release));
 }
 
-/// Run `fut` (an approval wait) without spending the current request's budget.
-pub async fn paused<F: Future>(fut: F) -> F::Output {
-    let Ok(budget) = BUDGET.try_with(Arc::clone) else {
-        return fut.await;
-    };
-    let pause_started = Instant::now();
-    budget.paused.store(true, Ordering::Release);
-    let out = fut.await;
-    let waited = pause_started.elapsed().as_millis() as u64;
-    budget.deadline_ms.fetch_add(waited, Ordering::AcqRel);
-    budget.paused.store(false, Ordering::Release);
-    budget.resumed.notify_waiters();
-    out
+/// Stop spending the current request's budget until the guard is dropped:
+/// held for the length of an approval wait.
+///
+/// A guard rather than a wrapper future: a wrapping `async fn` would keep
+/// the wait's future twice in its state (once as its argument, once being
+/// awaited), and a held request keeps that state for as long as it waits.
+pub fn pause() -> Pause {
+    let budget = BUDGET.try_with(Arc::clone).ok();
+    if let Some(b) = &budget {
+        b.paused.store(true, Ordering::Release);
+    }
+    Pause {
+        budget,
+        started: Instant::now(),
+    }
+}
+
+pub struct Pause {
+    budget: Option<Arc<Budget>>,
+    started: Instant,
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        let Some(budget) = &self.budget else { return };
+        let waited = self.started.elapsed().as_millis() as u64;
+        budget.deadline_ms.fetch_add(waited, Ordering::AcqRel);
+        budget.paused.store(false, Ordering::Release);
+        budget.resumed.notify_waiters();
+    }
 }
 
 #[cfg(test)]
@@ -91,18 +108,24 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn paused_flag_is_set_only_during_the_wait() {
+    async fn paused_only_while_the_guard_lives() {
         let budget = Budget::new(Duration::from_secs(1));
         let b = budget.clone();
         let seen = b
-            .scope(async { paused(async { BUDGET.with(|b| b.is_paused()) }).await })
+            .scope(async {
+                let _pause = pause();
+                BUDGET.with(|b| b.is_paused())
+            })
             .await;
         assert!(seen);
         assert!(!budget.is_paused());
         let before = budget.deadline();
         budget
             .clone()
-            .scope(paused(tokio::time::sleep(Duration::from_millis(30))))
+            .scope(async {
+                let _pause = pause();
+                tokio::time::sleep(Duration::from_millis(30)).await
+            })
             .await;
         assert!(budget.deadline() >= before + Duration::from_millis(30));
     }

@@ -180,7 +180,7 @@ where
         // Whatever the client sends while it waits is read and discarded:
         // the connection closes after this answer, and reading is how a
         // close is noticed.
-        let mut scratch = [0u8; 256];
+        let mut scratch = [0u8; 32];
         loop {
             tokio::select! {
                 response = &mut finish => break response,
