@@ -5,6 +5,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# jemalloc's build options (see src/allocator.rs).
+COPY .cargo ./.cargo
 COPY src ./src
 COPY config ./config
 RUN cargo build --release --locked && strip target/release/keygate

@@ -13,6 +13,9 @@
 #                 subtracted: the natively fast part would otherwise dominate.
 #   allocations   heaptrack: (allocations for 1,000 + N requests minus those
 #                 for 1,000) / N, so start-up and warm-up cancel out.
+#                 heaptrack sees only the system allocator's malloc, so this
+#                 runs a build without the `jemalloc` feature: the count is
+#                 the code's, whichever allocator serves it.
 #   syscalls      strace -c -f during a 4 s wrk run at 32 connections.
 #
 # Needs valgrind, heaptrack, strace and wrk (installed with apt-get if
@@ -34,16 +37,18 @@ for tool in valgrind heaptrack strace wrk; do
         die "$tool is missing and 'apt-get install $tool' failed; install it and rerun"
 done
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/keygate-target}
-cargo build --release --locked -q
-BIN=$CARGO_TARGET_DIR/release/keygate
-
 work=$(mktemp -d)
 pid=
 cleanup() {
-    [ -n "$pid" ] && pkill -f "$BIN serve --config $work/hit.toml"
+    [ -n "$pid" ] && pkill -f "serve --config $work/hit.toml"
     rm -rf "$work"
 }
 trap cleanup EXIT
+cargo build --release --locked -q --no-default-features
+SYSTEM_ALLOC_BIN=$work/keygate-system-alloc
+cp "$CARGO_TARGET_DIR/release/keygate" "$SYSTEM_ALLOC_BIN"
+cargo build --release --locked -q
+BIN=$CARGO_TARGET_DIR/release/keygate
 read -r port admin < <("$PY" benches/kgbench.py ports 2)
 "$PY" benches/kgbench.py config hit --demo config/demo.toml --out "$work/hit.toml" \
     --listen "$port" --admin "$admin" --state-dir "$work/state" --set "audit.mode=\"$MODE\"" >/dev/null
@@ -66,7 +71,7 @@ start() {
 # is a shell, and a background shell ignores SIGINT), then wait for the tool
 # to write its data.
 stop() {
-    pkill -INT -f "$BIN serve --config $work/hit.toml" || true
+    pkill -INT -f "serve --config $work/hit.toml" || true
     wait "$pid" 2>/dev/null || true
     pid=
 }
@@ -87,6 +92,7 @@ echo "instructions per request: $((total / N)) in all, $(((total - ${sha:-0}) / 
 
 # 2. Allocations.
 allocations() {
+    local BIN=$SYSTEM_ALLOC_BIN
     start heaptrack -o "$work/ht.$1"
     replay "$1"
     stop

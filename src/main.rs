@@ -1,6 +1,9 @@
 //! The `keygate` binary: parse the command line, set up logging, and hand
 //! over to the library. Exit codes: 0 ok, 1 failure, 64 bad config or usage.
 
+#[cfg(feature = "jemalloc")]
+mod allocator;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
