@@ -12,6 +12,9 @@
 #   KEYGATE_BENCH_SET='audit.mode="batched"; cache.ttl="60s"'
 #                                         overrides applied to every generated config
 #                                         (dotted.key=<TOML value>, separated by ';')
+#   KEYGATE_BENCH_CARGO_ARGS='--no-default-features'
+#                                         extra cargo arguments for the keygate build
+#                                         (here: the system allocator instead of jemalloc)
 #
 # Everything runs on 127.0.0.1 on free ports: a bare hyper server (the
 # ceiling, examples/bare_hyper.rs), fresh keygate instances on configs derived
@@ -107,23 +110,28 @@ ulimit -n "$hard"
 
 # --- build -------------------------------------------------------------------
 
-# Two invocations on purpose: building an example turns on the features that
-# dev-dependencies (criterion) ask of shared crates, so a keygate binary built
-# in the same invocation would differ from the one `cargo build` ships (and
-# from the one other builds leave in the shared target dir).
-log "building keygate and examples/bare_hyper ($PROFILE)"
-cargo build "${build_flags[@]}" --locked --bin keygate
+# Separate invocations on purpose: building an example turns on the features
+# that dev-dependencies (criterion) ask of shared crates, so a keygate binary
+# built in the same invocation would differ from the one `cargo build` ships
+# (and from the one other builds leave in the shared target dir). keygate
+# comes last: `cargo bench` builds the package's binaries too, with default
+# features, and would replace a binary built with KEYGATE_BENCH_CARGO_ARGS;
+# the policy row runs `cargo bench` again, so every row runs a copy.
+log "building examples/bare_hyper and benches/policy.rs ($PROFILE)"
 cargo build "${build_flags[@]}" --locked --example bare_hyper
-log "building benches/policy.rs"
 cargo bench "${bench_flags[@]}" --locked --bench policy --no-run
-KG=$CARGO_TARGET_DIR/$bin_dir/keygate
+log "building keygate ($PROFILE${KEYGATE_BENCH_CARGO_ARGS:+, $KEYGATE_BENCH_CARGO_ARGS})"
+read -ra keygate_cargo_args <<<"${KEYGATE_BENCH_CARGO_ARGS:-}"
+cargo build "${build_flags[@]}" "${keygate_cargo_args[@]}" --locked --bin keygate
+[ -x "$CARGO_TARGET_DIR/$bin_dir/keygate" ] || die "no keygate binary at $CARGO_TARGET_DIR/$bin_dir/keygate after the build"
 BARE=$CARGO_TARGET_DIR/$bin_dir/examples/bare_hyper
-[ -x "$KG" ] || die "no keygate binary at $KG after the build"
 [ -x "$BARE" ] || die "no bare_hyper binary at $BARE after the build"
 
 # --- processes ---------------------------------------------------------------
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/keygate-bench.XXXXXX")
+KG=$work/keygate
+cp "$CARGO_TARGET_DIR/$bin_dir/keygate" "$KG"
 PIDS=()
 
 # alive PID: running (a process that exited but was not yet reaped is a
@@ -385,6 +393,7 @@ p10k_glob=$(json_get "$work/policy.json" glob_last_rule_10000)
     echo
     echo "- commit: $commit"
     echo "- configs: derived from config/demo.toml$([ -z "${KEYGATE_BENCH_SET:-}" ] || echo "; overrides: $KEYGATE_BENCH_SET")"
+    [ -z "${KEYGATE_BENCH_CARGO_ARGS:-}" ] || echo "- keygate built with: $KEYGATE_BENCH_CARGO_ARGS"
     echo "- machine: nproc $(nproc), $cpu_model"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); wrk -t2 (-t1 at 1 conn), ${WARMUP}s warm-up + ${DURATION}s measured per row; took $(( $(date +%s) - started ))s after the build"
     echo

@@ -88,6 +88,8 @@ pub fn pause() -> Pause {
     }
 }
 
+/// The guard [`pause`] returns: dropping it resumes the budget, with its
+/// deadline moved on by the time spent waiting.
 pub struct Pause {
     budget: Option<Arc<Budget>>,
     started: Instant,
