@@ -284,12 +284,22 @@ impl Broker {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Decide `req` and wait for a human if it is held: the whole of
-    /// [`Broker::decide`] and [`Broker::await_decision`].
+    /// Decide `req` and wait for a human if it is held: [`Broker::decide`],
+    /// then [`Broker::settle`].
     pub async fn admit(&self, req: &AccessRequest) -> Result<Admission, BrokerError> {
-        match self.decide(req).await? {
+        let verdict = self.decide(req).await?;
+        self.settle(verdict).await
+    }
+
+    /// A verdict's final answer: at once, or once a human has decided.
+    pub async fn settle(&self, verdict: Verdict) -> Result<Admission, BrokerError> {
+        match verdict {
             Verdict::Now(admission) => Ok(admission),
-            Verdict::Held(pending) => self.await_decision(pending).await,
+            Verdict::Held(pending) => {
+                // Boxed: only held requests carry the wait's state.
+                let waiting = Box::pin(self.await_decision(pending));
+                waiting.await
+            }
         }
     }
 

@@ -130,7 +130,8 @@ impl AwsFront {
             let request_id = crate::request_id::next();
             let (this, mut log, decided) = deciding.await;
             let answered = match decided {
-                Ok((verdict, call)) => match this.admission(verdict, &mut log).await {
+                Ok((verdict, call)) => match admission(this.broker.settle(verdict).await, &mut log)
+                {
                     Ok(()) => this.execute(call, &mut log).await,
                     Err(e) => Err(e),
                 },
@@ -150,28 +151,6 @@ impl AwsFront {
         let mut log = RequestLog::default();
         let decided = self.decide(req, &mut log).await;
         (self, log, decided)
-    }
-
-    /// Whether a decided request may go ahead, waiting for a human if it
-    /// is held.
-    async fn admission(&self, verdict: Verdict, log: &mut RequestLog) -> Result<(), ServiceError> {
-        let admission = match verdict {
-            Verdict::Now(admission) => admission,
-            Verdict::Held(pending) => {
-                // Boxed: only held requests pay for the wait's state.
-                let waiting = Box::pin(self.broker.await_decision(pending));
-                match waiting.await {
-                    Ok(admission) => admission,
-                    Err(e) => return Err(store_failed(e, log)),
-                }
-            }
-        };
-        if let Admission::Refused(r) = admission {
-            log.outcome = r.label();
-            return Err(refusal_error(&r));
-        }
-        log.outcome = "allowed";
-        Ok(())
     }
 
     /// Read, authenticate and decide a request: the broker's verdict, and
@@ -450,6 +429,24 @@ struct Call {
     /// The request body (an owned copy, not a slice of hyper's buffer).
     body: Bytes,
     cache_key: Bytes,
+}
+
+/// Whether a settled request may go ahead, and the log's outcome.
+fn admission(
+    settled: Result<Admission, BrokerError>,
+    log: &mut RequestLog,
+) -> Result<(), ServiceError> {
+    match settled {
+        Ok(Admission::Proceed { .. }) => {
+            log.outcome = "allowed";
+            Ok(())
+        }
+        Ok(Admission::Refused(r)) => {
+            log.outcome = r.label();
+            Err(refusal_error(&r))
+        }
+        Err(e) => Err(store_failed(e, log)),
+    }
 }
 
 /// The decision could not be recorded: refuse, and say nothing more.

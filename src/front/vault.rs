@@ -150,7 +150,7 @@ impl VaultFront {
             let answered = match decided {
                 Ok(Decided::Answered(response)) => Ok(response),
                 Ok(Decided::Admitting(verdict, call)) => {
-                    match this.admission(verdict, &mut log).await {
+                    match admission(this.broker.settle(verdict).await, &mut log) {
                         Ok(()) => this.execute(call, &mut log).await,
                         Err(e) => Err(e),
                     }
@@ -171,33 +171,6 @@ impl VaultFront {
         let mut log = RequestLog::default();
         let decided = self.decide(req, &mut log).await;
         (self, log, decided)
-    }
-
-    /// Whether a decided request may go ahead, waiting for a human if it
-    /// is held.
-    async fn admission(&self, verdict: Verdict, log: &mut RequestLog) -> Result<(), VaultError> {
-        let admission = match verdict {
-            Verdict::Now(admission) => admission,
-            Verdict::Held(pending) => {
-                // Boxed: only held requests pay for the wait's state.
-                let waiting = Box::pin(self.broker.await_decision(pending));
-                match waiting.await {
-                    Ok(admission) => admission,
-                    Err(e) => return Err(store_failed(e, log)),
-                }
-            }
-        };
-        if let Admission::Refused(r) = admission {
-            log.outcome = r.label();
-            let status = match r {
-                Refusal::TooManyPending { .. } => 429,
-                Refusal::Overloaded | Refusal::ShuttingDown { .. } => 503,
-                _ => 403,
-            };
-            return Err(verr(status, r.message()));
-        }
-        log.outcome = "allowed";
-        Ok(())
     }
 
     /// Read, authenticate and decide a request: the broker's verdict, and
@@ -566,6 +539,29 @@ struct Call {
     namespace: Option<String>,
     /// The workload's token (pass-through mode forwards it).
     token: Option<SecretString>,
+}
+
+/// Whether a settled request may go ahead, and the log's outcome.
+fn admission(
+    settled: Result<Admission, BrokerError>,
+    log: &mut RequestLog,
+) -> Result<(), VaultError> {
+    match settled {
+        Ok(Admission::Proceed { .. }) => {
+            log.outcome = "allowed";
+            Ok(())
+        }
+        Ok(Admission::Refused(r)) => {
+            log.outcome = r.label();
+            let status = match r {
+                Refusal::TooManyPending { .. } => 429,
+                Refusal::Overloaded | Refusal::ShuttingDown { .. } => 503,
+                _ => 403,
+            };
+            Err(verr(status, r.message()))
+        }
+        Err(e) => Err(store_failed(e, log)),
+    }
 }
 
 /// The decision could not be recorded: refuse, and say nothing more.
