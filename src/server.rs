@@ -140,11 +140,9 @@ struct Builders {
 impl Builders {
     fn new(limits: &Limits) -> Builders {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            // hyper also times the wait for the next request on a keep-alive
-            // connection with this, so it bounds HTTP/1 idle time too.
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes);
+        // No timer for HTTP/1: `supervise` enforces header_read_timeout.
+        // hyper's own would arm and disarm a timer entry for every request.
+        h1.max_buf_size(limits.max_header_bytes);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
@@ -497,8 +495,20 @@ impl Connection {
         if closing {
             graceful_shutdown(conn.as_mut());
         }
-        let idle_timeout = self.limits.idle_timeout;
+        // HTTP/1 (the connections that can park) has no request in flight
+        // exactly while hyper waits for a request head, or while the client
+        // reads its answer: header_read_timeout bounds both, and a connection
+        // past it is dropped, not shut down gracefully, because hyper would
+        // go on reading a head that trickles in (slowloris). Dropping loses
+        // nothing: no request is in flight. HTTP/2 keeps idle_timeout and
+        // a GOAWAY.
         let parkable = parked.is_some();
+        let (idle_timeout, drop_when_idle) = if parkable {
+            let limits = &self.limits;
+            (limits.header_read_timeout.min(limits.idle_timeout), true)
+        } else {
+            (self.limits.idle_timeout, false)
+        };
         let parked = async move {
             match parked {
                 Some(p) => p.await,
@@ -507,6 +517,10 @@ impl Connection {
         };
         tokio::pin!(parked);
         loop {
+            // With a request in flight the idle deadline does not apply (and
+            // may be long past): wait for the request to finish instead of
+            // waking at once, again and again, for a deadline that is moot.
+            let busy = activity.busy();
             let idle_at = activity.idle_deadline(idle_timeout);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -520,14 +534,19 @@ impl Connection {
                     closing = true;
                     graceful_shutdown(conn.as_mut());
                 }
-                _ = activity.finished.notified(), if over_capacity && !closing => {
-                    // One native 503 answered: close (HTTP/2 gets a GOAWAY).
-                    closing = true;
-                    graceful_shutdown(conn.as_mut());
+                _ = activity.finished.notified(), if busy || (over_capacity && !closing) => {
+                    if over_capacity && !closing {
+                        // One native 503 answered: close (HTTP/2 gets a GOAWAY).
+                        closing = true;
+                        graceful_shutdown(conn.as_mut());
+                    }
                 }
-                _ = tokio::time::sleep_until(idle_at.into()), if !closing => {
+                _ = tokio::time::sleep_until(idle_at.into()), if !busy && (!closing || drop_when_idle) => {
                     if activity.is_idle_for(idle_timeout) {
                         tracing::debug!(listener = self.name, remote = %self.remote, "closing idle connection");
+                        if drop_when_idle {
+                            return Ended::Closed;
+                        }
                         closing = true;
                         graceful_shutdown(conn.as_mut());
                     }
@@ -571,6 +590,10 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
     fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
         self.started
             + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
@@ -578,8 +601,7 @@ impl Activity {
     }
 
     fn is_idle_for(&self, idle_timeout: Duration) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
-            && Instant::now() >= self.idle_deadline(idle_timeout)
+        !self.busy() && Instant::now() >= self.idle_deadline(idle_timeout)
     }
 }
 

@@ -102,6 +102,49 @@ def test_a_client_that_connects_and_sends_nothing_is_closed_after_header_read_ti
     assert get_demo(kg).status == 200
 
 
+def signed_demo_request(kg: Keygate) -> bytes:
+    headers = aws_request_headers(kg.endpoint, "GetSecretValue", GET_DEMO)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{kg.listen_port}\r\n{head}"
+        f"Content-Length: {len(GET_DEMO)}\r\n\r\n{GET_DEMO}"
+    ).encode()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_header_read_timeout(start_keygate):
+    """HTTP/1: the wait for the next request head is bounded like the head
+    itself (keygate enforces it, not hyper's per-request timer)."""
+    kg = start_keygate(limits={"header_read_timeout": "1s"})
+
+    with socket.create_connection(("127.0.0.1", kg.listen_port), timeout=10) as sock:
+        sock.sendall(signed_demo_request(kg))
+        elapsed, received = wait_for_close(sock, timeout=10)
+
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert 0.5 < elapsed < 5, f"an idle keep-alive connection lived {elapsed:.2f}s with header_read_timeout = 1s"
+
+
+def test_a_request_in_flight_longer_than_header_read_timeout_is_answered(start_keygate):
+    """The head arrived: only request_timeout bounds the rest. A body that
+    takes longer than header_read_timeout must not get its connection cut."""
+    kg = start_keygate(limits={"header_read_timeout": "1s"})
+    request = signed_demo_request(kg)
+    head, body = request[: -len(GET_DEMO)], request[-len(GET_DEMO) :]
+
+    with socket.create_connection(("127.0.0.1", kg.listen_port), timeout=10) as sock:
+        sock.sendall(head)
+        time.sleep(2.5)
+        sock.sendall(body)
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+        # Still a keep-alive connection: a second request on it is served.
+        sock.sendall(signed_demo_request(kg))
+        second = sock.recv(65536)
+
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert second.startswith(b"HTTP/1.1 200"), second[:300]
+
+
 def test_plaintext_listener_speaks_http2_with_prior_knowledge_and_http1(start_keygate):
     """Each plaintext connection is HTTP/2 if it opens with the HTTP/2
     preface (h2c prior knowledge) and HTTP/1.1 otherwise."""
