@@ -450,7 +450,7 @@ impl Connection {
                         std::pin::Pin::new(&mut conn),
                         http1::Connection::graceful_shutdown,
                         &activity,
-                        Some(slot.parked()),
+                        Some(slot),
                     )
                     .await;
                 let parked = match ended {
@@ -463,7 +463,7 @@ impl Connection {
             }
             None => {
                 let conn = std::pin::pin!(builders.h2.serve_connection(TokioIo::new(io), service));
-                let no_park: Option<std::future::Pending<()>> = None;
+                let no_park: Option<&ParkSlot<B>> = None;
                 self.supervise(
                     conn,
                     http2::Connection::graceful_shutdown,
@@ -480,12 +480,12 @@ impl Connection {
     /// server stops, after an over-capacity answer, or when it is idle.
     /// Stops early, leaving the connection unfinished, when `parked`
     /// resolves.
-    async fn supervise<C>(
+    async fn supervise<C, B>(
         mut self,
         mut conn: std::pin::Pin<&mut C>,
         graceful_shutdown: fn(std::pin::Pin<&mut C>),
         activity: &Activity,
-        parked: Option<impl Future<Output = ()>>,
+        park_slot: Option<&ParkSlot<B>>,
     ) -> Ended
     where
         C: Future<Output = hyper::Result<()>>,
@@ -502,19 +502,20 @@ impl Connection {
         // go on reading a head that trickles in (slowloris). Dropping loses
         // nothing: no request is in flight. HTTP/2 keeps idle_timeout and
         // a GOAWAY.
-        let parkable = parked.is_some();
+        let parkable = park_slot.is_some();
         let (idle_timeout, drop_when_idle) = if parkable {
             let limits = &self.limits;
             (limits.header_read_timeout.min(limits.idle_timeout), true)
         } else {
             (self.limits.idle_timeout, false)
         };
-        let parked = async move {
-            match parked {
-                Some(p) => p.await,
-                None => std::future::pending().await,
-            }
-        };
+        // A request parks while hyper polls its service, inside the poll
+        // of `conn`: checked right after it (the select is biased), this
+        // needs no waker.
+        let parked = std::future::poll_fn(|_| match park_slot {
+            Some(slot) if slot.has_parked() => std::task::Poll::Ready(()),
+            _ => std::task::Poll::Pending,
+        });
         tokio::pin!(parked);
         loop {
             // With a request in flight the idle deadline does not apply (and
@@ -523,6 +524,7 @@ impl Connection {
             let busy = activity.busy();
             let idle_at = activity.idle_deadline(idle_timeout);
             tokio::select! {
+                biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(listener = self.name, error = %e, "connection ended with an error");

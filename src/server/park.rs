@@ -30,7 +30,6 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Notify;
 
 use super::budget::Budget;
 
@@ -54,7 +53,11 @@ pub struct ParkSlot<B> {
     /// flushed to the socket.
     unflushed: Arc<AtomicBool>,
     parked: Mutex<Option<Parked<B>>>,
-    notify: Notify,
+    /// Set once a request is parked. A flag, not a notification: the
+    /// service parks while the supervisor polls hyper, in the same task, so
+    /// the supervisor checks it right after each poll of the connection
+    /// (a `Notify` cost a lock on every poll of every connection).
+    is_parked: AtomicBool,
 }
 
 impl<B> ParkSlot<B> {
@@ -62,7 +65,7 @@ impl<B> ParkSlot<B> {
         ParkSlot {
             unflushed: Arc::new(AtomicBool::new(false)),
             parked: Mutex::new(None),
-            notify: Notify::new(),
+            is_parked: AtomicBool::new(false),
         }
     }
 
@@ -83,13 +86,13 @@ impl<B> ParkSlot<B> {
             return Err(request);
         }
         *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(request);
-        self.notify.notify_one();
+        self.is_parked.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Resolves once a request has been parked.
-    pub async fn parked(&self) {
-        self.notify.notified().await
+    /// Whether a request has been parked. Wakes no one: see `is_parked`.
+    pub fn has_parked(&self) -> bool {
+        self.is_parked.load(Ordering::Acquire)
     }
 
     pub fn take(&self) -> Option<Parked<B>> {
