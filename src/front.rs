@@ -19,6 +19,23 @@ use crate::tls::peer::{CertIdentities, CertMatch, Peer};
 
 pub type Body = Full<Bytes>;
 
+/// Request header names the front ends read, built once: a lookup by
+/// `&str` parses and validates the name again on every request.
+pub mod header {
+    use http::HeaderName;
+
+    /// Why the workload needs this (shown to approvers).
+    pub const JUSTIFICATION: HeaderName = HeaderName::from_static("x-keygate-justification");
+    /// A break-glass reason; see `policy::HoldSpec::break_glass`.
+    pub const BREAK_GLASS: HeaderName = HeaderName::from_static("x-keygate-break-glass");
+    pub const AMZ_TARGET: HeaderName = HeaderName::from_static("x-amz-target");
+    pub const AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+    pub const AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
+    pub const VAULT_TOKEN: HeaderName = HeaderName::from_static("x-vault-token");
+    pub const VAULT_WRAP_TTL: HeaderName = HeaderName::from_static("x-vault-wrap-ttl");
+    pub const VAULT_NAMESPACE: HeaderName = HeaderName::from_static("x-vault-namespace");
+}
+
 /// Read a request body up to `limit` bytes; `None` if it is larger (or broken).
 pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, limit).collect().await {

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::Value;
 
-use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
+use super::{cert_caller, header, read_body, Body, BodyError, CertCaller, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, BrokerError, Parameters, Refusal, Verdict};
 use crate::cache::ReadCache;
 use crate::config::Identity;
@@ -33,9 +33,6 @@ use crate::upstream::{SecretsUpstream, ServiceError, UpstreamError};
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const TARGET_PREFIX: &str = "secretsmanager.";
-pub const JUSTIFICATION_HEADER: &str = "x-keygate-justification";
-/// A break-glass reason; see `policy::HoldSpec::break_glass`.
-pub const BREAK_GLASS_HEADER: &str = "x-keygate-break-glass";
 
 pub struct AwsFront {
     region: String,
@@ -200,7 +197,7 @@ impl AwsFront {
         log.identity = identity.name.clone();
         let target = parts
             .headers
-            .get("x-amz-target")
+            .get(header::AMZ_TARGET)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let Some((operation, class)) = target.strip_prefix(TARGET_PREFIX).and_then(ops::lookup)
@@ -227,7 +224,7 @@ impl AwsFront {
         };
         let justification = parts
             .headers
-            .get(JUSTIFICATION_HEADER)
+            .get(header::JUSTIFICATION)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(1024).collect());
         let material = ops::digest_material(&fields);
@@ -244,7 +241,7 @@ impl AwsFront {
             facts: crate::policy::Facts::default(),
             break_glass: parts
                 .headers
-                .get(BREAK_GLASS_HEADER)
+                .get(header::BREAK_GLASS)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             client: super::client_ip(&parts.extensions),

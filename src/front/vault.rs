@@ -25,7 +25,7 @@ use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
 use crate::broker::{AccessRequest, Admission, Broker, BrokerError, Parameters, Refusal, Verdict};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
-use crate::front::aws::{BREAK_GLASS_HEADER, JUSTIFICATION_HEADER};
+use crate::front::header;
 use crate::policy::{Front, OpClass};
 use crate::secret::{SecretBytes, SecretString};
 use crate::tls::peer::CertIdentities;
@@ -213,21 +213,21 @@ impl VaultFront {
         // below may point into hyper's read buffer (`parts` is dropped
         // before `admit`), or a held request would pin that buffer and the
         // connection's next read would allocate a second one.
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let owned = |name: &str| header(name).map(str::to_owned);
-        let wrap_ttl = owned("x-vault-wrap-ttl");
+        let get = |name: &http::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let owned = |name: &http::HeaderName| get(name).map(str::to_owned);
+        let wrap_ttl = owned(&header::VAULT_WRAP_TTL);
         let wrap_ttl = wrap_ttl.as_deref();
-        let namespace = owned("x-vault-namespace");
-        let content_type = owned("content-type");
+        let namespace = owned(&header::VAULT_NAMESPACE);
+        let content_type = owned(&http::header::CONTENT_TYPE);
         let content_type = content_type.as_deref();
-        let token = header("x-vault-token")
-            .or_else(|| header("authorization").and_then(|a| a.strip_prefix("Bearer ")))
+        let token = get(&header::VAULT_TOKEN)
+            .or_else(|| get(&http::header::AUTHORIZATION).and_then(|a| a.strip_prefix("Bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(SecretString::new);
         let justification: Option<String> =
-            header(JUSTIFICATION_HEADER).map(|s| s.chars().take(1024).collect());
-        let break_glass = owned(BREAK_GLASS_HEADER);
+            get(&header::JUSTIFICATION).map(|s| s.chars().take(1024).collect());
+        let break_glass = owned(&header::BREAK_GLASS);
         let (client, certificate) = (
             super::client_ip(&parts.extensions),
             super::cert_name(&parts.extensions),

@@ -187,16 +187,17 @@ struct PreparedEvent {
 
 impl From<Commit> for Prepared {
     fn from(c: Commit) -> Prepared {
-        let events = c
-            .events
-            .into_iter()
-            .map(|mut e| PreparedEvent {
+        // A loop, not `collect`: collecting reuses the events' buffer in
+        // place and then reallocates it to the smaller element size.
+        let mut events = Vec::with_capacity(c.events.len());
+        for mut e in c.events {
+            events.push(PreparedEvent {
                 at: e.at,
                 kind: e.kind,
                 body: audit::event_body(&e),
                 actor: std::mem::take(&mut e.actor),
-            })
-            .collect();
+            });
+        }
         Prepared {
             requests: c.requests,
             events,

@@ -183,7 +183,7 @@ pub fn verify(
 ) -> Result<(), SigError> {
     let amz_date = req
         .headers
-        .get("x-amz-date")
+        .get(crate::front::header::AMZ_DATE)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| SigError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()))?;
     let stamp = parse_amz_date(amz_date).ok_or_else(|| {
@@ -238,10 +238,10 @@ pub fn verify(
     }
     mac.update(&hex32(&canonical_hash));
     let expected: [u8; 32] = mac.finalize().into_bytes().into();
-    // Compare raw MAC bytes in constant time; malformed hex simply fails.
-    let mut given = [0u8; 32];
-    let decoded = hex::decode_to_slice(auth.signature, &mut given).is_ok();
-    if decoded && bool::from(expected.ct_eq(&given)) {
+    // Compared in constant time as lowercase hex, the only form SigV4
+    // signers write (and the form AWS compares): encoding ours is cheaper
+    // than decoding theirs. Slices of different lengths compare unequal.
+    if bool::from(hex32(&expected).ct_eq(auth.signature.as_bytes())) {
         Ok(())
     } else {
         Err(SigError::Mismatch)
@@ -296,7 +296,7 @@ fn write_canonical_request(
     out: &mut impl Sink,
 ) -> Result<(), SigError> {
     let body_hash = hex32(&Sha256::digest(req.body).into());
-    if let Some(claimed) = req.headers.get("x-amz-content-sha256") {
+    if let Some(claimed) = req.headers.get(crate::front::header::AMZ_CONTENT_SHA256) {
         let claimed = claimed.as_bytes();
         if claimed != b"UNSIGNED-PAYLOAD" && claimed != body_hash {
             return Err(SigError::Mismatch);
@@ -512,6 +512,43 @@ mod tests {
         check("{\"SecretId\":\"y\"}", SECRET, 0, Err("does not match"));
         check(body, SECRET, 301, Err("Signature expired"));
         check(body, SECRET, -301, Err("not yet current"));
+    }
+
+    #[test]
+    fn only_the_exact_lowercase_hex_signature_verifies() {
+        let date = "20261124T014000Z";
+        let body = "{\"SecretId\":\"x\"}";
+        let (headers, header) = signed(body, date, SECRET);
+        let (template, signature) = header.split_at(header.len() - 64);
+        let key = signing_key(SECRET, &date[..8], "us-east-1", "secretsmanager");
+        let parts = RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            authority: None,
+            body: body.as_bytes(),
+        };
+        let now = parse_amz_date(date).expect("date");
+        let verify_signature = |sig: &str| {
+            let header = format!("{template}{sig}");
+            let auth = parse_authorization(&header).expect("parses");
+            verify(&auth, &parts, &key, "us-east-1", "secretsmanager", now)
+        };
+        assert_eq!(verify_signature(signature), Ok(()));
+        for wrong in [
+            signature.to_uppercase(),
+            signature[..63].to_string(),
+            format!("{signature}0"),
+            "zz".repeat(32),
+            String::new(),
+        ] {
+            assert_eq!(
+                verify_signature(&wrong),
+                Err(SigError::Mismatch),
+                "{wrong:?}"
+            );
+        }
     }
 
     #[test]
