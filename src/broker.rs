@@ -10,9 +10,13 @@
 //! for the human. Between them the front end drops the request it parsed,
 //! so that a request waiting minutes keeps only what its answer needs.
 //!
-//! **Invariant:** nothing proceeds unaudited: the decision's audit event is
-//! committed before `admit` (or `decide`, or `await_decision`) returns
-//! `Proceed`.
+//! **Invariant:** nothing is answered unaudited. The decision's audit event
+//! is committed before `decide` (or `await_decision`) returns `Proceed`,
+//! with one exception: under strict audit, a `read_only` request's verdict
+//! is `Verdict::Recording`, whose record is written while the request
+//! executes, and whose answer the front end gives only once
+//! [`Durable::wait`] has returned `Ok` (`front::once_durable`). `admit`
+//! waits for that too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +56,10 @@ pub struct AccessRequest {
     pub client: Option<std::net::IpAddr>,
     /// The client certificate's name, when mTLS proved the identity.
     pub certificate: Option<String>,
+    /// Executing it changes nothing upstream (a read): under strict audit
+    /// it may execute while its decision record is made durable, and only
+    /// its answer waits for that (see [`Durable`]).
+    pub read_only: bool,
 }
 
 /// A request's parameters for approvers. Redacting costs a copy of the body,
@@ -101,8 +109,39 @@ pub enum Admission {
 pub enum Verdict {
     /// Decided and recorded: go ahead, or refuse.
     Now(Admission),
+    /// Allowed, and its decision record is on its way to disk: a read
+    /// under strict audit. It may execute now; its answer waits for
+    /// [`Durable::wait`].
+    Recording(Admission, Durable),
     /// Held for a human; [`Broker::await_decision`] waits for the decision.
     Held(Pending),
+}
+
+/// A decision record being made durable. Until [`Durable::wait`] returns
+/// `Ok`, nothing of the request's answer may leave keygate.
+pub enum Durable {
+    /// Already durable (or not asked to be: batched audit).
+    Done,
+    /// The store's commit; polled for the first time by `wait`.
+    Committing(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>),
+}
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        match self {
+            Durable::Done => Ok(()),
+            Durable::Committing(commit) => Ok(commit.await?),
+        }
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durable::Done => "Done",
+            Durable::Committing(_) => "Committing",
+        })
+    }
 }
 
 /// A held request's place in the approval queue: what its wait and the
@@ -284,21 +323,27 @@ impl Broker {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Decide `req` and wait for a human if it is held: [`Broker::decide`],
-    /// then [`Broker::settle`].
+    /// Decide `req`, wait for a human if it is held and for its decision
+    /// record to be durable: [`Broker::decide`], then [`Broker::settle`],
+    /// then [`Durable::wait`].
     pub async fn admit(&self, req: &AccessRequest) -> Result<Admission, BrokerError> {
         let verdict = self.decide(req).await?;
-        self.settle(verdict).await
+        let (admission, durable) = self.settle(verdict).await?;
+        durable.wait().await?;
+        Ok(admission)
     }
 
-    /// A verdict's final answer: at once, or once a human has decided.
-    pub async fn settle(&self, verdict: Verdict) -> Result<Admission, BrokerError> {
+    /// A verdict's final answer: at once, or once a human has decided. A
+    /// `Proceed` may come with its record still [`Durable`]: the caller
+    /// executes the request meanwhile and answers only after `wait`.
+    pub async fn settle(&self, verdict: Verdict) -> Result<(Admission, Durable), BrokerError> {
         match verdict {
-            Verdict::Now(admission) => Ok(admission),
+            Verdict::Now(admission) => Ok((admission, Durable::Done)),
+            Verdict::Recording(admission, durable) => Ok((admission, durable)),
             Verdict::Held(pending) => {
                 // Boxed: only held requests carry the wait's state.
                 let waiting = Box::pin(self.await_decision(pending));
-                waiting.await
+                Ok((waiting.await?, Durable::Done))
             }
         }
     }
@@ -362,9 +407,18 @@ impl Broker {
             Decided::Allow(rule) => {
                 let mut e = self.event(AuditKind::Allowed, POLICY_ACTOR, req, now);
                 e.rule = rule.clone();
+                let proceed = Admission::Proceed { rule, grant: None };
+                if req.read_only && self.audit_mode == AuditMode::Strict {
+                    // The fsync overlaps the upstream call; the answer
+                    // still waits for it.
+                    let store = Arc::clone(&self.store);
+                    let commit = Box::pin(async move { store.commit(Commit::event(e)).await });
+                    self.record_reads(req, now);
+                    return Ok(Verdict::Recording(proceed, Durable::Committing(commit)));
+                }
                 self.record_decision(e).await?;
                 self.record_reads(req, now);
-                Ok(Verdict::Now(Admission::Proceed { rule, grant: None }))
+                Ok(Verdict::Now(proceed))
             }
             Decided::Deny(rule, reason) => {
                 let mut e = self.event(AuditKind::Denied, POLICY_ACTOR, req, now);
@@ -681,14 +735,80 @@ mod tests {
             break_glass: None,
             client: None,
             certificate: None,
+            read_only: true,
         }
     }
 
     fn held(verdict: Verdict) -> Pending {
         match verdict {
             Verdict::Held(pending) => pending,
-            Verdict::Now(a) => panic!("expected the request to be held, got {a:?}"),
+            other => panic!("expected the request to be held, got {other:?}"),
         }
+    }
+
+    async fn broker_allowing_dev(dir: &tempfile::TempDir, mode: AuditMode) -> Broker {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("open store"));
+        let holds = Holds::load(store.clone(), 10, 100, Timestamp::now())
+            .await
+            .expect("load holds");
+        let allow = Rule {
+            name: "dev-read".into(),
+            resources: vec![Glob::new("dev/*")],
+            action: Action::Allow,
+            ..hold_rule()
+        };
+        let policy = Policy::new(DefaultAction::Deny, vec![allow]);
+        Broker::new(policy, holds, store, [7; 32], mode)
+    }
+
+    async fn audit_count(b: &Broker) -> usize {
+        b.flush_audit().await.expect("flush");
+        b.store.audit_rows(0, 100).await.expect("rows").len()
+    }
+
+    #[tokio::test]
+    async fn a_strict_read_proceeds_while_its_record_is_made_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = broker_allowing_dev(&dir, AuditMode::Strict).await;
+        let verdict = b.decide(&request("dev/db")).await.expect("decide");
+        let Verdict::Recording(admission, durable) = verdict else {
+            panic!("expected a read allowed while recording, got {verdict:?}");
+        };
+        assert_eq!(
+            admission,
+            Admission::Proceed {
+                rule: Some("dev-read".into()),
+                grant: None
+            }
+        );
+        durable.wait().await.expect("durable");
+        assert_eq!(audit_count(&b).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_strict_write_and_a_batched_read_are_recorded_before_the_verdict() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = broker_allowing_dev(&dir, AuditMode::Strict).await;
+        let write = AccessRequest {
+            read_only: false,
+            ..request("dev/db")
+        };
+        let verdict = b.decide(&write).await.expect("decide");
+        assert!(
+            matches!(verdict, Verdict::Now(Admission::Proceed { .. })),
+            "{verdict:?}"
+        );
+        assert_eq!(audit_count(&b).await, 1);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = broker_allowing_dev(&dir, AuditMode::Batched).await;
+        let verdict = b.decide(&request("dev/db")).await.expect("decide");
+        assert!(
+            matches!(verdict, Verdict::Now(Admission::Proceed { .. })),
+            "{verdict:?}"
+        );
+        assert_eq!(audit_count(&b).await, 1);
     }
 
     #[tokio::test]

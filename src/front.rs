@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use crate::broker::{BrokerError, Durable};
 use crate::config::Identity;
 use crate::server::Rejection;
 use crate::tls::peer::{CertIdentities, CertMatch, Peer};
@@ -54,6 +55,18 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError>
 pub enum BodyError {
     TooLarge,
     Broken(String),
+}
+
+/// Run an admitted request's `executing` while its decision record is made
+/// durable, and give its answer only once the record is: if the record
+/// cannot be written, the answer (which may hold a secret) is dropped and
+/// the store's error comes back instead. Nothing un-audited is answered.
+pub async fn once_durable<T>(
+    executing: impl std::future::Future<Output = T>,
+    durable: Durable,
+) -> Result<T, BrokerError> {
+    let (answer, recorded) = tokio::join!(executing, durable.wait());
+    recorded.map(|()| answer)
 }
 
 /// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;

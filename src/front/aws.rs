@@ -21,8 +21,12 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::Value;
 
-use super::{cert_caller, header, read_body, Body, BodyError, CertCaller, RequestLog};
-use crate::broker::{AccessRequest, Admission, Broker, BrokerError, Parameters, Refusal, Verdict};
+use super::{
+    cert_caller, header, once_durable, read_body, Body, BodyError, CertCaller, RequestLog,
+};
+use crate::broker::{
+    AccessRequest, Admission, Broker, BrokerError, Durable, Parameters, Refusal, Verdict,
+};
 use crate::cache::ReadCache;
 use crate::config::Identity;
 use crate::policy::{Front, OpClass};
@@ -126,13 +130,26 @@ impl AwsFront {
         async move {
             let request_id = crate::request_id::next();
             let (this, mut log, decided) = deciding.await;
-            let answered = match decided {
-                Ok((verdict, call)) => match admission(this.broker.settle(verdict).await, &mut log)
-                {
-                    Ok(()) => this.execute(call, &mut log).await,
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
+            let answered = 'answer: {
+                let (verdict, call) = match decided {
+                    Ok(decided) => decided,
+                    Err(e) => break 'answer Err(e),
+                };
+                let durable = match admission(this.broker.settle(verdict).await, &mut log) {
+                    Ok(durable) => durable,
+                    Err(e) => break 'answer Err(e),
+                };
+                if matches!(durable, Durable::Done) {
+                    // Dropped, not kept, across the wait below.
+                    drop(durable);
+                    break 'answer this.execute(call, &mut log).await;
+                }
+                // Boxed: inline, the joined futures would be part of every
+                // request's state, held ones too.
+                match Box::pin(once_durable(this.execute(call, &mut log), durable)).await {
+                    Ok(answer) => answer,
+                    Err(e) => Err(store_failed(e, &mut log)),
+                }
             };
             let response = answered.unwrap_or_else(|e| error_response(&e));
             let status = response.status().as_u16();
@@ -246,6 +263,7 @@ impl AwsFront {
                 .map(str::to_string),
             client: super::client_ip(&parts.extensions),
             certificate: super::cert_name(&parts.extensions),
+            read_only: !ops::changes_state(class),
         };
         // Nothing below may point into hyper's read buffer: a request held
         // for approval would otherwise pin that buffer, and hyper's read for
@@ -428,17 +446,18 @@ struct Call {
     cache_key: Bytes,
 }
 
-/// Whether a settled request may go ahead, and the log's outcome.
+/// Whether a settled request may go ahead (and what its answer must wait
+/// for), and the log's outcome.
 fn admission(
-    settled: Result<Admission, BrokerError>,
+    settled: Result<(Admission, Durable), BrokerError>,
     log: &mut RequestLog,
-) -> Result<(), ServiceError> {
+) -> Result<Durable, ServiceError> {
     match settled {
-        Ok(Admission::Proceed { .. }) => {
+        Ok((Admission::Proceed { .. }, durable)) => {
             log.outcome = "allowed";
-            Ok(())
+            Ok(durable)
         }
-        Ok(Admission::Refused(r)) => {
+        Ok((Admission::Refused(r), _)) => {
             log.outcome = r.label();
             Err(refusal_error(&r))
         }

@@ -21,8 +21,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
-use super::{cert_caller, read_body, Body, BodyError, CertCaller, RequestLog};
-use crate::broker::{AccessRequest, Admission, Broker, BrokerError, Parameters, Refusal, Verdict};
+use super::{cert_caller, once_durable, read_body, Body, BodyError, CertCaller, RequestLog};
+use crate::broker::{
+    AccessRequest, Admission, Broker, BrokerError, Durable, Parameters, Refusal, Verdict,
+};
 use crate::cache::ReadCache;
 use crate::config::{sha256, Identity, VaultConfig};
 use crate::front::header;
@@ -147,15 +149,27 @@ impl VaultFront {
         async move {
             let request_id = crate::request_id::next();
             let (this, mut log, decided) = deciding.await;
-            let answered = match decided {
-                Ok(Decided::Answered(response)) => Ok(response),
-                Ok(Decided::Admitting(verdict, call)) => {
-                    match admission(this.broker.settle(verdict).await, &mut log) {
-                        Ok(()) => this.execute(call, &mut log).await,
-                        Err(e) => Err(e),
-                    }
+            let answered = 'answer: {
+                let (verdict, call) = match decided {
+                    Ok(Decided::Admitting(verdict, call)) => (verdict, call),
+                    Ok(Decided::Answered(response)) => break 'answer Ok(response),
+                    Err(e) => break 'answer Err(e),
+                };
+                let durable = match admission(this.broker.settle(verdict).await, &mut log) {
+                    Ok(durable) => durable,
+                    Err(e) => break 'answer Err(e),
+                };
+                if matches!(durable, Durable::Done) {
+                    // Dropped, not kept, across the wait below.
+                    drop(durable);
+                    break 'answer this.execute(call, &mut log).await;
                 }
-                Err(e) => Err(e),
+                // Boxed: inline, the joined futures would be part of every
+                // request's state, held ones too.
+                match Box::pin(once_durable(this.execute(call, &mut log), durable)).await {
+                    Ok(answer) => answer,
+                    Err(e) => Err(store_failed(e, &mut log)),
+                }
             };
             let response = answered.unwrap_or_else(|e| error_response(&e));
             let status = response.status().as_u16();
@@ -305,6 +319,9 @@ impl VaultFront {
             break_glass,
             client,
             certificate,
+            // Vault reads may mint credentials (dynamic secrets): each is
+            // executed only once its decision record is durable.
+            read_only: false,
         };
         drop(parts);
         let cache_key = self.cache_key(
@@ -541,17 +558,18 @@ struct Call {
     token: Option<SecretString>,
 }
 
-/// Whether a settled request may go ahead, and the log's outcome.
+/// Whether a settled request may go ahead (and what its answer must wait
+/// for), and the log's outcome.
 fn admission(
-    settled: Result<Admission, BrokerError>,
+    settled: Result<(Admission, Durable), BrokerError>,
     log: &mut RequestLog,
-) -> Result<(), VaultError> {
+) -> Result<Durable, VaultError> {
     match settled {
-        Ok(Admission::Proceed { .. }) => {
+        Ok((Admission::Proceed { .. }, durable)) => {
             log.outcome = "allowed";
-            Ok(())
+            Ok(durable)
         }
-        Ok(Admission::Refused(r)) => {
+        Ok((Admission::Refused(r), _)) => {
             log.outcome = r.label();
             let status = match r {
                 Refusal::TooManyPending { .. } => 429,

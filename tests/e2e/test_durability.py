@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from harness import PROD_DB, SECRETS, describe, expect_held, run
+import json
+import sqlite3
+
+from harness import PROD_DB, SECRETS, describe, expect_held, raw_aws_call, run
 
 
 def test_pending_request_survives_kill9_and_can_be_approved_after_restart(quick_keygate):
@@ -62,3 +65,32 @@ def test_audit_survives_kill9_and_verifies_after_restart(quick_keygate):
     verify = run([kg.binary, "audit", "verify", "--config", kg.config_path], cwd=kg.workdir)
     assert verify.returncode == 0, describe(verify)
     assert "audit log OK" in verify.stdout + verify.stderr, describe(verify)
+
+
+def test_a_read_whose_audit_record_cannot_be_written_is_not_answered(start_keygate):
+    """Strict audit: a read executes while its decision record is written,
+    but its answer waits for the record. Here the write fails (another
+    connection holds the database's write lock past keygate's busy timeout):
+    the client gets an error, never the secret, and the next read works."""
+    kg = start_keygate()
+    secret_id = "demo/api/key"
+    body = json.dumps({"SecretId": secret_id})
+
+    blocker = sqlite3.connect(kg.state_path, timeout=1, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        refused = raw_aws_call(kg.endpoint, "GetSecretValue", body)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert refused.status == 500, refused.text[:300]
+    assert SECRETS[secret_id] not in refused.text
+    assert refused.json()["__type"] == "InternalServiceError"
+
+    answered = raw_aws_call(kg.endpoint, "GetSecretValue", body)
+    assert answered.status == 200, answered.text[:300]
+    assert answered.json()["SecretString"] == SECRETS[secret_id]
+    # Only the decision that was answered is in the log.
+    allowed = [e for e in kg.admin.audit() if e["kind"] == "request.allowed"]
+    assert [e["resources"] for e in allowed] == [[secret_id]]
