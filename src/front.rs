@@ -65,7 +65,10 @@ pub async fn once_durable<T>(
     executing: impl std::future::Future<Output = T>,
     durable: Durable,
 ) -> Result<T, BrokerError> {
-    let (answer, recorded) = tokio::join!(executing, durable.wait());
+    // The record first: its first poll queues the commit, so the fsync
+    // starts before the upstream call's own work (SigV4 signing and all)
+    // rather than after it.
+    let (recorded, answer) = tokio::join!(biased; durable.wait(), executing);
     recorded.map(|()| answer)
 }
 
