@@ -478,8 +478,8 @@ impl Connection {
 
     /// Run a connection to its end, shutting it down gracefully when the
     /// server stops, after an over-capacity answer, or when it is idle.
-    /// Stops early, leaving the connection unfinished, when `parked`
-    /// resolves.
+    /// Stops early, leaving the connection unfinished, once a request is
+    /// parked in `park_slot`.
     async fn supervise<C, B>(
         mut self,
         mut conn: std::pin::Pin<&mut C>,
