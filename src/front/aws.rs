@@ -472,7 +472,7 @@ fn store_failed(e: BrokerError, log: &mut RequestLog) -> ServiceError {
     ServiceError::new(
         500,
         "InternalServiceError",
-        "keygate: could not record the decision; the request was not executed",
+        "keygate: could not record the decision, so the request was refused; try again",
     )
 }
 

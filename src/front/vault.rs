@@ -319,9 +319,19 @@ impl VaultFront {
             break_glass,
             client,
             certificate,
-            // Vault reads may mint credentials (dynamic secrets): each is
-            // executed only once its decision record is durable.
-            read_only: false,
+            // Only a plain KV read: elsewhere a Vault read can mint a
+            // credential (dynamic secrets), and a response-wrapped read
+            // mints a wrapping token; those execute only once their
+            // decision record is durable.
+            read_only: wrap_ttl.is_none()
+                && matches!(
+                    classified.engine,
+                    ops::Engine::Kv1 { .. } | ops::Engine::Kv2 { .. }
+                )
+                && matches!(
+                    classified.class,
+                    OpClass::Read | OpClass::List | OpClass::Describe
+                ),
         };
         drop(parts);
         let cache_key = self.cache_key(
@@ -588,7 +598,7 @@ fn store_failed(e: BrokerError, log: &mut RequestLog) -> VaultError {
     tracing::error!(error = %e, "cannot record decision; refusing");
     verr(
         500,
-        "keygate: could not record the decision; the request was not executed",
+        "keygate: could not record the decision, so the request was refused; try again",
     )
 }
 

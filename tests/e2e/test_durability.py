@@ -5,7 +5,19 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from harness import PROD_DB, SECRETS, describe, expect_held, raw_aws_call, run
+from harness import (
+    PROD_DB,
+    SECRETS,
+    VAULT_DEMO_DB,
+    VAULT_KV_MOUNT,
+    VAULT_SECRETS,
+    assert_vault_error,
+    describe,
+    expect_held,
+    raw_aws_call,
+    raw_vault_call,
+    run,
+)
 
 
 def test_pending_request_survives_kill9_and_can_be_approved_after_restart(quick_keygate):
@@ -94,3 +106,26 @@ def test_a_read_whose_audit_record_cannot_be_written_is_not_answered(start_keyga
     # Only the decision that was answered is in the log.
     allowed = [e for e in kg.admin.audit() if e["kind"] == "request.allowed"]
     assert [e["resources"] for e in allowed] == [[secret_id]]
+
+
+def test_a_vault_kv_read_whose_audit_record_cannot_be_written_is_not_answered(start_vault_keygate):
+    """The same for the Vault front end's KV reads (the only Vault requests
+    that execute while their record is written)."""
+    kg = start_vault_keygate()
+    path = f"/v1/{VAULT_KV_MOUNT}/data/{VAULT_DEMO_DB}"
+    password = VAULT_SECRETS[VAULT_DEMO_DB]["password"]
+
+    blocker = sqlite3.connect(kg.state_path, timeout=1, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        refused = raw_vault_call(kg.endpoint, "GET", path)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert_vault_error(refused, 500)
+    assert password not in refused.text
+
+    answered = raw_vault_call(kg.endpoint, "GET", path)
+    assert answered.status == 200, answered.text[:300]
+    assert answered.json()["data"]["data"]["password"] == password
