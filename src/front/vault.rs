@@ -319,19 +319,7 @@ impl VaultFront {
             break_glass,
             client,
             certificate,
-            // Only a plain KV read: elsewhere a Vault read can mint a
-            // credential (dynamic secrets), and a response-wrapped read
-            // mints a wrapping token; those execute only once their
-            // decision record is durable.
-            read_only: wrap_ttl.is_none()
-                && matches!(
-                    classified.engine,
-                    ops::Engine::Kv1 { .. } | ops::Engine::Kv2 { .. }
-                )
-                && matches!(
-                    classified.class,
-                    OpClass::Read | OpClass::List | OpClass::Describe
-                ),
+            read_only: classified.changes_nothing(wrap_ttl.is_some()),
         };
         drop(parts);
         let cache_key = self.cache_key(

@@ -126,6 +126,21 @@ pub fn classify(
     simple(operation, OpClass::Other, Engine::Other, path)
 }
 
+impl Classified {
+    /// Executing it changes nothing in Vault, so under strict audit it may
+    /// run while its decision record is written (`AccessRequest::read_only`).
+    /// Only a plain KV read: elsewhere a read can mint a credential
+    /// (dynamic secrets), and a response-wrapped read mints a wrapping token.
+    pub fn changes_nothing(&self, wrapped: bool) -> bool {
+        !wrapped
+            && matches!(self.engine, Engine::Kv1 { .. } | Engine::Kv2 { .. })
+            && matches!(
+                self.class,
+                OpClass::Read | OpClass::List | OpClass::Describe
+            )
+    }
+}
+
 /// The longest configured mount that `path` lies under.
 pub fn split_mount<'p>(mounts: &[String], path: &'p str) -> Option<(&'p str, &'p str)> {
     mounts
@@ -390,6 +405,26 @@ mod tests {
             expect,
             "{method} {path}"
         );
+    }
+
+    #[test]
+    fn only_unwrapped_kv_reads_change_nothing() {
+        let none = json!(null);
+        let body = none.as_object();
+        let changes_nothing = |method: &str, path: &str, wrapped: bool| {
+            classify(&vault(), method, path, body).changes_nothing(wrapped)
+        };
+        assert!(changes_nothing("GET", "secret/data/app/db", false));
+        assert!(changes_nothing("GET", "secret/metadata/app/db", false));
+        assert!(changes_nothing("LIST", "secret/metadata/app", false));
+        assert!(changes_nothing("GET", "kv/app/db", false));
+        assert!(!changes_nothing("GET", "secret/data/app/db", true));
+        assert!(!changes_nothing("POST", "secret/data/app/db", false));
+        assert!(!changes_nothing("DELETE", "kv/app/db", false));
+        assert!(!changes_nothing("GET", "database/creds/readonly", false));
+        assert!(!changes_nothing("POST", "pki/issue/web", false));
+        assert!(!changes_nothing("POST", "sys/wrapping/unwrap", false));
+        assert!(!changes_nothing("GET", "auth/token/lookup-self", false));
     }
 
     #[test]
