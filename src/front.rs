@@ -5,10 +5,12 @@
 pub mod aws;
 pub mod vault;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::Either;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -61,15 +63,25 @@ pub enum BodyError {
 /// durable, and give its answer only once the record is: if the record
 /// cannot be written, the answer (which may hold a secret) is dropped and
 /// the store's error comes back instead. Nothing un-audited is answered.
-pub async fn once_durable<T>(
-    executing: impl std::future::Future<Output = T>,
+///
+/// Not an `async fn`, which would keep `executing` twice (its argument and
+/// its await; rust-lang/rust#62958). An already durable record adds nothing
+/// to `executing`; the join is boxed, so that it is not part of every
+/// request's future, held ones included.
+pub fn once_durable<'a, T: Send + 'a>(
+    executing: impl Future<Output = T> + Send + 'a,
     durable: Durable,
-) -> Result<T, BrokerError> {
-    // The record first: its first poll queues the commit, so the fsync
-    // starts before the upstream call's own work (SigV4 signing and all)
-    // rather than after it.
-    let (recorded, answer) = tokio::join!(biased; durable.wait(), executing);
-    recorded.map(|()| answer)
+) -> impl Future<Output = Result<T, BrokerError>> + Send + 'a {
+    match durable {
+        Durable::Done => Either::Left(executing.map(Ok)),
+        recording => Either::Right(Box::pin(async move {
+            // The record first: its first poll queues the commit, so the
+            // fsync starts before the upstream call's own work (SigV4
+            // signing and all) rather than after it.
+            let (recorded, answer) = tokio::join!(biased; recording.wait(), executing);
+            recorded.map(|()| answer)
+        })),
+    }
 }
 
 /// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;

@@ -159,14 +159,7 @@ impl VaultFront {
                     Ok(durable) => durable,
                     Err(e) => break 'answer Err(e),
                 };
-                if matches!(durable, Durable::Done) {
-                    // Dropped, not kept, across the wait below.
-                    drop(durable);
-                    break 'answer this.execute(call, &mut log).await;
-                }
-                // Boxed: inline, the joined futures would be part of every
-                // request's state, held ones too.
-                match Box::pin(once_durable(this.execute(call, &mut log), durable)).await {
+                match once_durable(this.execute(call, &mut log), durable).await {
                     Ok(answer) => answer,
                     Err(e) => Err(store_failed(e, &mut log)),
                 }

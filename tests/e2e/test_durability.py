@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 
@@ -79,6 +80,19 @@ def test_audit_survives_kill9_and_verifies_after_restart(quick_keygate):
     assert "audit log OK" in verify.stdout + verify.stderr, describe(verify)
 
 
+@contextlib.contextmanager
+def write_lock_held(kg):
+    """Hold keygate's database write lock from another connection, past
+    keygate's busy timeout: its commits fail meanwhile."""
+    blocker = sqlite3.connect(kg.state_path, timeout=1, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
 def test_a_read_whose_audit_record_cannot_be_written_is_not_answered(start_keygate):
     """Strict audit: a read executes while its decision record is written,
     but its answer waits for the record. Here the write fails (another
@@ -88,13 +102,8 @@ def test_a_read_whose_audit_record_cannot_be_written_is_not_answered(start_keyga
     secret_id = "demo/api/key"
     body = json.dumps({"SecretId": secret_id})
 
-    blocker = sqlite3.connect(kg.state_path, timeout=1, isolation_level=None)
-    try:
-        blocker.execute("BEGIN EXCLUSIVE")
+    with write_lock_held(kg):
         refused = raw_aws_call(kg.endpoint, "GetSecretValue", body)
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
 
     assert refused.status == 500, refused.text[:300]
     assert SECRETS[secret_id] not in refused.text
@@ -115,13 +124,8 @@ def test_a_vault_kv_read_whose_audit_record_cannot_be_written_is_not_answered(st
     path = f"/v1/{VAULT_KV_MOUNT}/data/{VAULT_DEMO_DB}"
     password = VAULT_SECRETS[VAULT_DEMO_DB]["password"]
 
-    blocker = sqlite3.connect(kg.state_path, timeout=1, isolation_level=None)
-    try:
-        blocker.execute("BEGIN EXCLUSIVE")
+    with write_lock_held(kg):
         refused = raw_vault_call(kg.endpoint, "GET", path)
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
 
     assert_vault_error(refused, 500)
     assert password not in refused.text

@@ -403,6 +403,19 @@ mod tests {
 
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
+    /// `POST /` with these headers and body, as the Secrets Manager JSON
+    /// protocol sends it (HTTP/1: no authority).
+    fn post<'a>(headers: &'a HeaderMap, body: &'a str) -> RequestParts<'a> {
+        RequestParts {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            authority: None,
+            body: body.as_bytes(),
+        }
+    }
+
     /// Sign like an SDK would, with our own functions, for round-trip cases.
     fn signed(body: &str, date: &str, secret: &str) -> (HeaderMap, String) {
         let mut headers = HeaderMap::new();
@@ -417,14 +430,7 @@ mod tests {
             &date[..8]
         );
         let auth = parse_authorization(&auth_template).expect("template parses");
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            authority: None,
-            body: body.as_bytes(),
-        };
+        let parts = post(&headers, body);
         let canonical = canonical_request(&auth, &parts).expect("canonical");
         let scope = format!("{}/us-east-1/secretsmanager/aws4_request", &date[..8]);
         let sts = format!(
@@ -442,14 +448,7 @@ mod tests {
         let date = "20261124T014000Z";
         let (headers, header) = signed("{\"SecretId\":\"x\"}", date, secret_used);
         let auth = parse_authorization(&header).expect("parses");
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            authority: None,
-            body: body_sent.as_bytes(),
-        };
+        let parts = post(&headers, body_sent);
         let now = Timestamp::from_millis(
             parse_amz_date(date).expect("date").millis() + now_offset_secs * 1000,
         );
@@ -488,12 +487,8 @@ mod tests {
         let now = parse_amz_date(date).expect("date");
         let verify_with = |authority: Option<&str>| {
             let parts = RequestParts {
-                method: "POST",
-                path: "/",
-                query: "",
-                headers: &headers,
                 authority,
-                body: body.as_bytes(),
+                ..post(&headers, body)
             };
             verify(&auth, &parts, &key, "us-east-1", "secretsmanager", now)
         };
@@ -521,14 +516,7 @@ mod tests {
         let (headers, header) = signed(body, date, SECRET);
         let (template, signature) = header.split_at(header.len() - 64);
         let key = signing_key(SECRET, &date[..8], "us-east-1", "secretsmanager");
-        let parts = RequestParts {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            authority: None,
-            body: body.as_bytes(),
-        };
+        let parts = post(&headers, body);
         let now = parse_amz_date(date).expect("date");
         let verify_signature = |sig: &str| {
             let header = format!("{template}{sig}");
