@@ -8,7 +8,6 @@
 pub mod ops;
 pub mod sigv4;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,7 +40,8 @@ const TARGET_PREFIX: &str = "secretsmanager.";
 pub struct AwsFront {
     region: String,
     /// Access key id -> identity and its current signing key.
-    keys: HashMap<String, IssuedKey>,
+    /// aHash, not SipHash: looked up on every request (~200 instructions less).
+    keys: ahash::HashMap<String, IssuedKey>,
     /// Client-certificate names -> identity (mTLS).
     certs: CertIdentities,
     broker: Arc<Broker>,
@@ -61,24 +61,25 @@ struct IssuedKey {
 
 struct SigningKey {
     date: String,
-    key: [u8; 32],
+    mac: sigv4::SigningMac,
 }
 
 impl IssuedKey {
-    fn signing_key(&self, secret: &str, date: &str, region: &str) -> [u8; 32] {
+    fn signing_key(&self, secret: &str, date: &str, region: &str) -> sigv4::SigningMac {
         if let Some(current) = self.signing.load().as_deref() {
             if current.date == date {
-                return current.key;
+                return current.mac.clone();
             }
         }
-        let key = sigv4::signing_key(secret, date, region, "secretsmanager");
+        let mac =
+            sigv4::SigningMac::new(&sigv4::signing_key(secret, date, region, "secretsmanager"));
         // Around midnight, requests signed for two dates may alternate;
         // each then derives its key, which is correct, only slower.
         self.signing.store(Some(Arc::new(SigningKey {
             date: date.to_string(),
-            key,
+            mac: mac.clone(),
         })));
-        key
+        mac
     }
 }
 
@@ -405,7 +406,7 @@ impl AwsFront {
         sigv4::verify(
             &auth,
             &req,
-            &signing_key,
+            signing_key,
             &self.region,
             "secretsmanager",
             Timestamp::now(),
