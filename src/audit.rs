@@ -220,14 +220,29 @@ fn push_json_str(out: &mut String, s: &str) {
 }
 
 pub fn chain_hash(prev_hash: &str, seq: u64, body: &str) -> String {
+    let hex = chain_hash_hex(prev_hash.as_bytes(), seq, body);
+    // ASCII by construction.
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
+}
+
+/// [`chain_hash`] as lowercase hex digits on the stack, for the writer's
+/// loop (no `String` per record).
+pub fn chain_hash_hex(prev_hash: &[u8], seq: u64, body: &str) -> [u8; 64] {
     let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
+    h.update(prev_hash);
     h.update(b"|");
     let (digits, start) = crate::hexfmt::decimal(seq);
     h.update(&digits[start..]);
     h.update(b"|");
     h.update(body.as_bytes());
-    crate::hexfmt::hex32_string(&h.finalize().into())
+    crate::hexfmt::hex32(&h.finalize().into())
+}
+
+/// The `at` text an [`event_body`] begins with (`{"at":"<rfc3339>",...`),
+/// so that the store's `at` column repeats it without formatting it again.
+pub fn body_at(body: &str) -> Option<&str> {
+    let rest = body.strip_prefix("{\"at\":\"")?;
+    rest.find('"').map(|end| &rest[..end])
 }
 
 /// A stored row, as `verify_chain` reads it back (columns kept separately so
@@ -361,6 +376,22 @@ mod tests {
             v.push(r)?;
         }
         Ok(v.count())
+    }
+
+    #[test]
+    fn body_at_is_the_events_own_timestamp_text() {
+        let e = AuditEvent::new(
+            AuditKind::Allowed,
+            "policy",
+            Timestamp::from_millis(1_764_000_000_123),
+        );
+        let body = event_body(&e);
+        assert_eq!(body_at(&body), Some(e.at.to_rfc3339().as_str()));
+        assert_eq!(body_at("{\"kind\":\"x\"}"), None);
+        assert_eq!(
+            chain_hash(GENESIS, 1, &body).as_bytes(),
+            chain_hash_hex(GENESIS.as_bytes(), 1, &body)
+        );
     }
 
     #[test]

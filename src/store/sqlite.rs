@@ -317,7 +317,10 @@ fn apply(
     head: &(u64, String),
 ) -> Result<(u64, String), StoreError> {
     let tx = conn.transaction().map_err(db_err)?;
-    let (mut seq, mut prev) = head.clone();
+    let mut seq = head.0;
+    // The previous record's hash as hex digits, one buffer reused for the
+    // whole group.
+    let mut prev: Vec<u8> = head.1.as_bytes().to_vec();
     {
         let mut put_request = tx
             .prepare_cached(
@@ -355,25 +358,44 @@ fn apply(
             }
             for e in &c.events {
                 seq += 1;
-                let hash = audit::chain_hash(&prev, seq, &e.body);
+                let hash = audit::chain_hash_hex(&prev, seq, &e.body);
+                // The body begins with the same `at` text; formatting it
+                // again cost a String per record.
+                let formatted;
+                let at = match audit::body_at(&e.body) {
+                    Some(at) => at,
+                    None => {
+                        formatted = e.at.to_rfc3339();
+                        &formatted
+                    }
+                };
                 put_audit
                     .execute(params![
                         i64::try_from(seq).unwrap_or(i64::MAX),
-                        e.at.to_rfc3339(),
+                        at,
                         e.kind.name(),
                         e.kind.code(),
                         e.actor,
                         e.body,
-                        prev,
-                        hash
+                        hex_text(&prev),
+                        hex_text(&hash)
                     ])
                     .map_err(db_err)?;
-                prev = hash;
+                prev.clear();
+                prev.extend_from_slice(&hash);
             }
         }
     }
     tx.commit().map_err(db_err)?;
-    Ok((seq, prev))
+    Ok((
+        seq,
+        String::from_utf8(prev).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    ))
+}
+
+/// Hex digits as SQL text (they are ASCII).
+fn hex_text(hex: &[u8]) -> &str {
+    std::str::from_utf8(hex).unwrap_or_default()
 }
 
 fn decode_request(body: String) -> Result<HeldRequest, StoreError> {
