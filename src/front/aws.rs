@@ -53,9 +53,10 @@ pub struct AwsFront {
 /// A keygate-issued access key.
 struct IssuedKey {
     identity: Arc<Identity>,
-    /// The SigV4 signing key for the most recent credential date. Deriving
-    /// one costs four HMACs and it changes only at midnight UTC, so each
-    /// request just loads this (no lock, no allocation) and compares dates.
+    /// The SigV4 signing key for the most recent credential date, as HMAC
+    /// state already keyed with it. Deriving one costs four HMACs and it
+    /// changes only at midnight UTC, so each request just loads this (no
+    /// lock, no allocation), compares dates and copies the state.
     signing: ArcSwapOption<SigningKey>,
 }
 
