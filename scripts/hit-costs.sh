@@ -5,7 +5,7 @@
 #
 #   bash scripts/hit-costs.sh [strict|batched]     (default: batched)
 #
-# Prints three lines:
+# Prints four lines:
 #   instructions  callgrind over exactly N requests (kgbench.py replay) on two
 #                 keep-alive connections, counters zeroed after a warm-up.
 #                 valgrind runs SHA-256 in software (no SHA-NI), so the
@@ -17,6 +17,9 @@
 #                 runs a build without the `jemalloc` feature: the count is
 #                 the code's, whichever allocator serves it.
 #   syscalls      strace -c -f during a 4 s wrk run at 32 connections.
+#   CPU split     user and system time and context switches per request
+#                 over an untraced 4 s run (these move between runs like
+#                 throughput does; the three counts above do not).
 #
 # Needs valgrind, heaptrack, strace and wrk (installed with apt-get if
 # missing), and the project venv (scripts/peers.sh). Takes about 3 minutes.
@@ -113,3 +116,22 @@ wait "$tracer" || true
 awk -v n="$requests" 'NR > 2 && $4 ~ /^[0-9]+$/ { calls[$NF] = $4 / n }
     END { line = ""; for (c in calls) if (calls[c] >= 0.01 && c != "total") line = line sprintf(" %s %.2f", c, calls[c]);
           printf "syscalls per request: %.2f (%s )\n", calls["total"], line }' "$work/strace.out"
+
+# 4. Where the CPU goes, untraced: user and system time, and context
+#    switches of all keygate's threads, over a 4 s run at 32 connections.
+#    Involuntary switches are preemptions: wrk shares the two cores, and
+#    a response that wakes a wrk thread can preempt the keygate worker that
+#    sent it, so they grow faster than keygate's own work does.
+switches() {  # voluntary involuntary, summed over threads
+    cat /proc/"$pid"/task/*/status 2>/dev/null |
+        awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v, n}'
+}
+read -r utime0 stime0 < <(awk '{print $14, $15}' /proc/"$pid"/stat)
+read -r vol0 invol0 < <(switches)
+requests=$(wrk -t2 -c32 -d4s -s "$work/hit.lua" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+read -r utime1 stime1 < <(awk '{print $14, $15}' /proc/"$pid"/stat)
+read -r vol1 invol1 < <(switches)
+awk -v n="$requests" -v hz="$(getconf CLK_TCK)" -v u=$((utime1 - utime0)) -v s=$((stime1 - stime0)) \
+    -v v=$((vol1 - vol0)) -v i=$((invol1 - invol0)) 'BEGIN {
+    printf "CPU per request: user %.2f us, system %.2f us; context switches per request: %.3f voluntary, %.3f involuntary\n",
+        u / hz / n * 1e6, s / hz / n * 1e6, v / n, i / n }'
