@@ -33,6 +33,27 @@ pub fn describe_reqwest(e: reqwest::Error) -> String {
     format!("{kind}: {}", with_causes(&e.without_url()))
 }
 
+/// Whether a failed call never reached the server: hyper hands a request
+/// back, cancelled, when the connection it was given closed before the
+/// request was written ("connection was not ready"). A server refusing a
+/// TLS 1.3 client certificate sends its alert just after the handshake,
+/// and when the connection reads that alert first, the request fails this
+/// way and the alert itself is lost. Such a request can be sent again
+/// whatever its method.
+pub fn never_sent(e: &reqwest::Error) -> bool {
+    let mut next = e.source();
+    while let Some(cause) = next {
+        if cause
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +61,23 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("request failed")]
     struct Outer(#[source] std::io::Error);
+
+    #[tokio::test]
+    async fn a_refused_connection_is_not_a_request_never_sent() {
+        // A port nobody listens on: the call fails while connecting, before
+        // any request exists to hand back, and must not be sent again.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let e = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("nothing listens there");
+        assert!(e.is_connect(), "{e:?}");
+        assert!(!never_sent(&e), "{e:?}");
+    }
 
     #[test]
     fn causes_are_appended_once() {

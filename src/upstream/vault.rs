@@ -269,10 +269,21 @@ impl VaultBackend for RemoteVault {
         if !call.body.is_empty() {
             req = req.body(call.body);
         }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unavailable(crate::error_chain::describe_reqwest(e)))?;
+        let unavailable = |e| UpstreamError::Unavailable(crate::error_chain::describe_reqwest(e));
+        // Bodies are in memory, so the request can always be cloned.
+        let retry = req.try_clone();
+        let mut resp = match req.send().await {
+            Ok(resp) => resp,
+            // Sent once more, on a new connection, only when the first was
+            // never written (see `never_sent`). A Vault that refuses
+            // keygate's TLS 1.3 client certificate fails the same way
+            // again, usually now with its alert in the error.
+            Err(e) if crate::error_chain::never_sent(&e) => match retry {
+                Some(again) => again.send().await.map_err(unavailable)?,
+                None => return Err(unavailable(e)),
+            },
+            Err(e) => return Err(unavailable(e)),
+        };
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
