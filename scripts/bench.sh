@@ -62,11 +62,13 @@ if [ "$SMOKE" = 1 ]; then
     MODE=smoke WARMUP=1 DURATION=1
     HELD_N=200 HELD_APPROVE=200
     SCALE_NS=(100 1000)
+    IDS_N=1000
     CRITERION_ARGS=(--warm-up-time 0.1 --measurement-time 0.2 --sample-size 10)
 else
     MODE=full WARMUP=3 DURATION=10
     HELD_N=10000 HELD_APPROVE=1000
     SCALE_NS=(1000 10000)
+    IDS_N=10000
     CRITERION_ARGS=(--warm-up-time 1 --measurement-time 3)
 fi
 COLD_RUNS=5
@@ -287,11 +289,23 @@ wrk_row bare "bare hyper, 32 conns (ceiling)" "$BARE_PID" 32 "http://127.0.0.1:$
 for conns in 1 32 256; do
     start_keygate "aws$conns" hit
     "${KGB[@]}" call --config "$KG_CONFIG"   # preflight: fails with keygate's answer if not 200
+    [ "$conns" != 32 ] || rss_one_identity=$(vm_kib "$KG_PID" VmRSS)
     "${KGB[@]}" lua --config "$KG_CONFIG" --out "$work/aws$conns.lua"
     wrk_row "aws$conns" "keygate AWS GetSecretValue, cache hit, $conns conn$([ "$conns" = 1 ] || echo s)" \
         "$KG_PID" "$conns" "http://127.0.0.1:$KG_PORT/" -s "$work/aws$conns.lua"
     stop_pid "$KG_PID"
 done
+
+# 2b. The same at 32 connections with IDS_N more identities configured, each
+#     with its own access key and Vault token: the lookup by access key must
+#     not grow with them. RSS after the preflight, against the 32-conn row's.
+start_keygate "ids$IDS_N" hit --identities "$IDS_N"
+"${KGB[@]}" call --config "$KG_CONFIG"
+rss_many_identities=$(vm_kib "$KG_PID" VmRSS)
+"${KGB[@]}" lua --config "$KG_CONFIG" --out "$work/ids.lua"
+wrk_row ids "keygate AWS GetSecretValue, cache hit, 32 conns, $(group $((IDS_N + 1))) identities configured" \
+    "$KG_PID" 32 "http://127.0.0.1:$KG_PORT/" -s "$work/ids.lua"
+stop_pid "$KG_PID"
 
 # 3. Vault KV v2 read, cache hit.
 start_keygate vault32 hit
@@ -358,6 +372,9 @@ log "row: cold start to ready ($COLD_RUNS runs)"
 "${KGB[@]}" coldstart --bin "$KG" --demo "$DEMO_CONFIG" --work "$work" --runs "$COLD_RUNS" "${SET_ARGS[@]}" >"$work/cold.json"
 cold_ms=$(json_get "$work/cold.json" median_ms)
 ROWS+=("| cold start to ready (median of $COLD_RUNS) | — | $(awk -v x="$cold_ms" 'BEGIN { printf "%.1f ms", x }') | — | — | — |")
+"${KGB[@]}" coldstart --bin "$KG" --demo "$DEMO_CONFIG" --work "$work" --runs "$COLD_RUNS" --identities "$IDS_N" "${SET_ARGS[@]}" >"$work/cold-ids.json"
+cold_ids_ms=$(json_get "$work/cold-ids.json" median_ms)
+ROWS+=("| cold start to ready, $(group $((IDS_N + 1))) identities (median of $COLD_RUNS) | — | $(awk -v x="$cold_ids_ms" 'BEGIN { printf "%.1f ms", x }') | — | — | — |")
 
 # 8. Scale: RSS per cached secret. The dev store is seeded with N secrets;
 #    the baseline is read after one warm request, then each secret once.
@@ -414,6 +431,7 @@ p10k_glob=$(json_get "$work/policy.json" glob_last_rule_10000)
     printf '%s\n' "${SCALE_LINES[@]}"
     echo "- cost per policy rule walked (glob last rule, 10,000 vs 10 rules): $per_rule ns"
     echo "- cost per pending request: $held_per bytes (+$(fmt_mib "$held_extra") for $(group "$HELD_N"))"
+    echo "- cost per configured identity: $(( (rss_many_identities - rss_one_identity) * 1024 / IDS_N )) bytes of RSS (+$(fmt_mib $((rss_many_identities - rss_one_identity))) for $(group "$IDS_N")); a cache hit at 32 conns with them: $(pct "${RPS[ids]}" "${RPS[aws32]}") of the one-identity row's throughput, ${CPU[ids]} vs ${CPU[aws32]} µs CPU per request; start-up $(awk -v a="$cold_ids_ms" -v b="$cold_ms" 'BEGIN { printf "+%.1f ms", a - b }')"
     [ "$SMOKE" = 0 ] || { echo; echo "SMOKE RUN: every row ran very briefly; the numbers are not measurements."; }
 } >"$work/report.md"
 
