@@ -1,5 +1,6 @@
 //! The binary's allocator: jemalloc, built to hand freed pages back to the
-//! system within 100 ms (`dirty_decay_ms:100`, set in `.cargo/config.toml`).
+//! system within 100 ms (`dirty_decay_ms:100`, set in `.cargo/config.toml`),
+//! from a background thread of its own.
 //!
 //! Why: a request held for approval keeps a few kilobytes for as long as
 //! it waits, allocated in between the short-lived buffers and futures of
@@ -14,6 +15,13 @@
 //! 0.023 calls per cache hit, ~2% of keygate's CPU at 32 connections.
 //! 100 ms makes that 0.004 and holds as little (60.5 MiB for 10,000 held
 //! requests either way); 1 s holds 65 MiB.
+//!
+//! Why a background thread (`background_thread:true`, one of them): without
+//! it jemalloc purges only when the program allocates or frees, so memory
+//! freed just before keygate goes quiet stays resident. Parsing a config
+//! with 10,001 identities frees ~31 MiB, and an idle keygate kept it: 55.4
+//! MiB RSS after start, 24.4 MiB with the thread. At 32 connections it
+//! made no difference outside the noise (A/B in BENCHMARKS.md).
 //!
 //! `_RJEM_MALLOC_CONF` in the environment overrides the options at run
 //! time (jemalloc's `MALLOC_CONF`, with the `tikv-jemallocator` build's
