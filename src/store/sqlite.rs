@@ -213,7 +213,7 @@ struct Writer {
     path: PathBuf,
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, String), w: Writer) {
+fn writer(conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, String), w: Writer) {
     let (failing, path) = (&w.failing, &w.path);
     let mut full_sync = true;
     let mut closing = false;
@@ -283,7 +283,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, Str
                     "cannot switch to synchronous=FULL".into(),
                 ))
             } else {
-                apply(&mut conn, &commits, &head)
+                apply(&conn, &commits, &head)
             };
             let outcome = match result {
                 Ok(new_head) => {
@@ -312,7 +312,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Command>, mut head: (u64, Str
 
 /// Apply a group of commits in one transaction; returns the new chain head.
 fn apply(
-    conn: &mut Connection,
+    conn: &Connection,
     commits: &[&Prepared],
     head: &(u64, String),
 ) -> Result<(u64, String), StoreError> {
@@ -709,7 +709,7 @@ mod tests {
     #[test]
     fn a_failed_group_writes_nothing_and_leaves_the_connection_usable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn = Connection::open(dir.path().join("k.db")).expect("open");
+        let conn = Connection::open(dir.path().join("k.db")).expect("open");
         conn.execute_batch(SCHEMA).expect("schema");
         let group = |n: i64| -> Vec<Prepared> {
             (0..n)
@@ -718,17 +718,17 @@ mod tests {
         };
         let genesis = chain_head(&conn).expect("head");
         let one = group(1);
-        let head = apply(&mut conn, &one.iter().collect::<Vec<_>>(), &genesis).expect("first");
+        let head = apply(&conn, &one.iter().collect::<Vec<_>>(), &genesis).expect("first");
         // A stale head: the group's first row reuses seq 1, so its insert
         // fails after nothing else was written.
         let three = group(3);
-        apply(&mut conn, &three.iter().collect::<Vec<_>>(), &genesis).expect_err("seq 1 is taken");
+        apply(&conn, &three.iter().collect::<Vec<_>>(), &genesis).expect_err("seq 1 is taken");
         assert!(
             conn.is_autocommit(),
             "the failed transaction was rolled back"
         );
         assert_eq!(chain_head(&conn).expect("head"), head);
-        let after = apply(&mut conn, &three.iter().collect::<Vec<_>>(), &head).expect("retry");
+        let after = apply(&conn, &three.iter().collect::<Vec<_>>(), &head).expect("retry");
         assert_eq!(after.0, 4);
         let rows = query_rows(&conn, 0, 100).expect("rows");
         assert_eq!(rows.len(), 4);
