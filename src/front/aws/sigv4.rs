@@ -528,6 +528,16 @@ mod tests {
         (headers, format!("{auth_template}{sig}"))
     }
 
+    /// The keyed HMAC state for SECRET on `amz_date`'s day, as keygate caches it.
+    fn test_key(amz_date: &str) -> SigningMac {
+        SigningMac::new(&signing_key(
+            SECRET,
+            &amz_date[..8],
+            "us-east-1",
+            "secretsmanager",
+        ))
+    }
+
     fn check(body_sent: &str, secret_used: &str, now_offset_secs: i64, expect: Result<(), &str>) {
         let date = "20261124T014000Z";
         let (headers, header) = signed("{\"SecretId\":\"x\"}", date, secret_used);
@@ -536,12 +546,7 @@ mod tests {
         let now = Timestamp::from_millis(
             parse_amz_date(date).expect("date").millis() + now_offset_secs * 1000,
         );
-        let key = SigningMac::new(&signing_key(
-            SECRET,
-            &date[..8],
-            "us-east-1",
-            "secretsmanager",
-        ));
+        let key = test_key(date);
         let got = verify(&auth, &parts, key, "us-east-1", "secretsmanager", now);
         match (got, expect) {
             (Ok(()), Ok(())) => {}
@@ -575,12 +580,7 @@ mod tests {
         let (mut headers, header) = signed(body, date, SECRET);
         let host = headers.remove("host").expect("signed with a host header");
         let auth = parse_authorization(&header).expect("parses");
-        let key = SigningMac::new(&signing_key(
-            SECRET,
-            &date[..8],
-            "us-east-1",
-            "secretsmanager",
-        ));
+        let key = test_key(date);
         let now = parse_amz_date(date).expect("date");
         let verify_with = |authority: Option<&str>| {
             let parts = RequestParts {
@@ -619,12 +619,7 @@ mod tests {
         let body = "{\"SecretId\":\"x\"}";
         let (headers, header) = signed(body, date, SECRET);
         let (template, signature) = header.split_at(header.len() - 64);
-        let key = SigningMac::new(&signing_key(
-            SECRET,
-            &date[..8],
-            "us-east-1",
-            "secretsmanager",
-        ));
+        let key = test_key(date);
         let parts = post(&headers, body);
         let now = parse_amz_date(date).expect("date");
         let verify_signature = |sig: &str| {
