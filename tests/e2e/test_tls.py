@@ -246,6 +246,26 @@ def test_tls_1_1_is_refused_by_openssl_s_client(mtls_keygate):
     assert "alert" in output and "no protocols available" not in output, describe(result)
 
 
+def test_keygate_prefers_aes_128_gcm_among_the_suites_a_client_offers(mtls_keygate, pki):
+    # OpenSSL lists AES-256-GCM first; keygate's own order puts AES-128-GCM
+    # first (its TLS 1.3 suite hashes with SHA-256, which CPUs accelerate).
+    for version, preferred in (
+        (ssl.TLSVersion.TLSv1_3, "TLS_AES_128_GCM_SHA256"),
+        (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ):
+        ctx = _versioned_context(pki, version)
+        offered = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == version.name.replace("_", ".")]
+        assert offered[0] in ("TLS_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"), f"the client prefers {offered[0]}: test is void"
+        with _handshake(mtls_keygate, ctx) as tls:
+            assert tls.cipher()[0] == preferred, (version, tls.cipher())
+
+    # Only among what the client offers: a ChaCha20-only TLS 1.2 client gets ChaCha20.
+    ctx = _versioned_context(pki, ssl.TLSVersion.TLSv1_2)
+    ctx.set_ciphers("ECDHE-ECDSA-CHACHA20-POLY1305")
+    with _handshake(mtls_keygate, ctx) as tls:
+        assert tls.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305", tls.cipher()
+
+
 def test_alpn_offers_h2_and_http_1_1(mtls_keygate, pki):
     for offered, selected in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")):
         ctx = tls_context(pki.ca)
