@@ -84,8 +84,6 @@ pub fn once_durable<'a, T: Send + 'a>(
     }
 }
 
-/// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;
-/// everything else is the AWS Secrets Manager JSON protocol.
 /// A copy of a request body that shares no memory with hyper's read buffer,
 /// for a request that may be held. The original (a slice of that buffer) is
 /// moved in and dropped here: shadowing it with `let body = copy(&body)`
@@ -94,6 +92,20 @@ pub(crate) fn owned_body(body: Bytes) -> Bytes {
     Bytes::copy_from_slice(&body)
 }
 
+/// A 200 answer with a fixed content type, built without `http`'s builder:
+/// the builder parses the header name and checks the value on every call,
+/// and this is every cache hit's answer.
+pub(crate) fn ok_response(body: Bytes, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;
+/// everything else is the AWS Secrets Manager JSON protocol.
 /// Hand a request to the front end its path names. Not an `async fn`, so
 /// that the request moves straight into the front end's own future (see
 /// `aws::AwsFront::handle`) instead of being kept here as well.

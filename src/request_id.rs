@@ -5,15 +5,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-static PREFIX: OnceLock<u64> = OnceLock::new();
+/// The prefix as its 16 hex digits, formatted once.
+static PREFIX: OnceLock<String> = OnceLock::new();
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 pub fn next() -> String {
-    let prefix = *PREFIX.get_or_init(rand::random);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut hex = String::with_capacity(16);
+        crate::hexfmt::hex_u64(rand::random(), 16, &mut hex);
+        hex
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // By hand: `format!` with two hex arguments was ~2,500 instructions.
     let mut id = String::with_capacity(29);
-    crate::hexfmt::hex_u64(prefix, 16, &mut id);
+    id.push_str(prefix);
     id.push('-');
     crate::hexfmt::hex_u64(n, 12, &mut id);
     id

@@ -484,11 +484,7 @@ fn refusal_error(r: &Refusal) -> ServiceError {
 }
 
 fn ok_response(body: Bytes) -> Response<Body> {
-    Response::builder()
-        .status(200)
-        .header("content-type", CONTENT_TYPE)
-        .body(Full::new(body))
-        .unwrap_or_default()
+    super::ok_response(body, CONTENT_TYPE)
 }
 
 /// The single place AWS-style errors are rendered.

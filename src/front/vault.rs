@@ -663,11 +663,7 @@ fn relay(
 }
 
 fn json_ok(body: Bytes) -> Response<Body> {
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap_or_default()
+    super::ok_response(body, "application/json")
 }
 
 /// The single place Vault-style errors are rendered. A 404 with no message
