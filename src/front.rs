@@ -106,6 +106,7 @@ pub(crate) fn ok_response(body: Bytes, content_type: &'static str) -> Response<B
 
 /// The workload listener: Vault paths (`/v1/...`) go to the Vault front end;
 /// everything else is the AWS Secrets Manager JSON protocol.
+///
 /// Hand a request to the front end its path names. Not an `async fn`, so
 /// that the request moves straight into the front end's own future (see
 /// `aws::AwsFront::handle`) instead of being kept here as well.

@@ -1,8 +1,8 @@
 //! TLS for keygate's listeners: one rustls crypto provider (aws-lc-rs) for
 //! the whole binary, TLS 1.2 and 1.3 only with rustls's modern cipher suites
-//! (listeners prefer AES-128-GCM: a cheaper handshake, see
-//! `listener_provider`), ALPN h2 and http/1.1, optional client certificates from a CA bundle, and
-//! certificates that reload without a restart.
+//! (listeners prefer AES-128-GCM for a cheaper handshake, see
+//! `listener_provider`), ALPN h2 and http/1.1, optional client certificates
+//! from a CA bundle, and certificates that reload without a restart.
 //!
 //! A reload builds a complete new `rustls::ServerConfig` and swaps it in;
 //! each accepted connection takes the config current at its handshake, so
@@ -40,7 +40,8 @@ fn file_err(path: &Path, message: impl Into<String>) -> TlsError {
 }
 
 /// The process-wide crypto provider. Every rustls config keygate builds
-/// (listeners and upstream clients) uses this one.
+/// (listeners and upstream clients) uses this one; listeners reorder its
+/// cipher suites (`listener_provider`).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
@@ -95,7 +96,7 @@ pub struct ServerTls;
 /// is TLS 1.3's mandatory suite and what Go's servers prefer as well. A
 /// client that offers only ChaCha20-Poly1305 still gets it.
 fn listener_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut provider = Arc::unwrap_or_clone(provider());
     // A stable sort: AES-128-GCM first, the rest in rustls's order.
     provider
         .cipher_suites
