@@ -193,6 +193,17 @@ fn push_json_opt(out: &mut String, value: Option<&str>) {
 /// control characters below U+0020, nothing else.
 fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    // Almost every value needs no escaping. A branch-free pass over all
+    // bytes (which the compiler vectorizes) finds that out at about one
+    // instruction per 16 bytes; the escaping loop below costs ~5 a byte.
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut plain = 0;
     for (i, b) in s.bytes().enumerate() {
         let escaped = match b {
@@ -437,6 +448,26 @@ mod tests {
         for e in &events[..events.len() - 1] {
             let back: AuditEvent = serde_json::from_str(&event_body(e)).expect("parses back");
             assert_eq!(&back, e);
+        }
+    }
+
+    #[test]
+    fn every_ascii_character_is_escaped_as_serde_json_escapes_it() {
+        // Alone, and at the start, in the middle and at the end of values
+        // long enough for the vectorized check's full blocks and its tail.
+        for c in (0u8..=0x7f).map(char::from) {
+            let (x, y) = ("x".repeat(17), "y".repeat(20));
+            for text in [
+                c.to_string(),
+                format!("{c}{x}{y}"),
+                format!("{x}{c}{y}"),
+                format!("{x}{y}{c}"),
+            ] {
+                let mut ours = String::new();
+                push_json_str(&mut ours, &text);
+                let serde = serde_json::to_string(&text).expect("serializes");
+                assert_eq!(ours, serde, "{text:?}");
+            }
         }
     }
 

@@ -118,15 +118,15 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigError> {
     })
 }
 
-/// `s.split(sep as char)` for an ASCII separator, by a plain byte scan:
+/// `s.split(sep as char)` for an ASCII separator, found with `memchr`:
 /// `str::split`'s char searcher cost ~2,600 instructions for the ten short
-/// pieces of an Authorization header, this ~1,700.
+/// pieces of an Authorization header, a byte-by-byte scan ~1,700.
 fn split_bytes(s: &str, sep: u8) -> impl Iterator<Item = &str> {
     debug_assert!(sep.is_ascii());
     let mut rest = Some(s);
     std::iter::from_fn(move || {
         let r = rest?;
-        match r.bytes().position(|b| b == sep) {
+        match memchr::memchr(sep, r.as_bytes()) {
             // Slicing at an ASCII byte is always on a char boundary.
             Some(i) => {
                 rest = Some(&r[i + 1..]);
@@ -451,14 +451,18 @@ fn canonical_request(auth: &Authorization<'_>, req: &RequestParts<'_>) -> Result
 /// Collapse runs of spaces in an already trimmed value, as SigV4 canonical
 /// headers want; borrows in the common case where there is nothing to change.
 fn collapse_spaces(t: &str) -> std::borrow::Cow<'_, str> {
-    // One pass over the bytes: `contains("  ")` built a substring searcher
-    // for each signed header value.
-    let mut after_space = false;
-    let needs_collapse = t.bytes().any(|b| {
-        let runs = matches!(b, b'\t' | b'\n') || (b == b' ' && after_space);
-        after_space = b == b' ';
-        runs
-    });
+    // One branch-free pass over each byte and its successor, which the
+    // compiler vectorizes (`contains("  ")` built a substring searcher for
+    // each value; a stateful byte loop cost ~5 instructions a byte).
+    let b = t.as_bytes();
+    let tabs = b
+        .iter()
+        .fold(false, |any, &c| any | (c == b'\t') | (c == b'\n'));
+    let doubled = b
+        .iter()
+        .zip(b.get(1..).unwrap_or_default())
+        .fold(false, |any, (&x, &y)| any | ((x == b' ') & (y == b' ')));
+    let needs_collapse = tabs | doubled;
     if needs_collapse {
         std::borrow::Cow::Owned(t.split_whitespace().collect::<Vec<_>>().join(" "))
     } else {
@@ -564,6 +568,13 @@ mod tests {
             ("a  b", "a b"),
             ("a \t b\n c", "a b c"),
             ("a \r b", "a \r b"),
+            ("", ""),
+            ("a", "a"),
+            ("a\tb", "a b"),
+            (
+                "application/x-amz-json-1.1; charset=utf-8  end",
+                "application/x-amz-json-1.1; charset=utf-8 end",
+            ),
         ] {
             assert_eq!(collapse_spaces(raw.trim_ascii()), want, "{raw:?}");
         }
