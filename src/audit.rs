@@ -6,6 +6,8 @@
 //! `verify_chain` detects an edited, removed, inserted or reordered record.
 //! Events carry names, operations and reasons, never secret values.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -90,7 +92,9 @@ pub struct AuditEvent {
     pub identity: Option<String>,
     pub request_id: Option<String>,
     pub front: Option<Front>,
-    pub operation: Option<String>,
+    /// Borrowed for workload requests (the fronts' operation names are
+    /// static), which saves a copy on every decision.
+    pub operation: Option<Cow<'static, str>>,
     pub resources: Vec<String>,
     pub rule: Option<String>,
     /// A reason, comment or note. Never a secret value.

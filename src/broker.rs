@@ -39,7 +39,8 @@ pub struct AccessRequest {
     pub identity: String,
     pub groups: Vec<String>,
     pub front: Front,
-    pub operation: String,
+    /// One of the front end's fixed operation names.
+    pub operation: &'static str,
     pub class: OpClass,
     pub resources: Vec<String>,
     /// Parameters as approvers may see them (built only for holds).
@@ -359,7 +360,7 @@ impl Broker {
                 identity: &req.identity,
                 groups: &req.groups,
                 front: req.front,
-                operation: &req.operation,
+                operation: req.operation,
                 class: req.class,
                 resources: &req.resources,
                 facts: &req.facts,
@@ -450,7 +451,7 @@ impl Broker {
         let subject = Subject {
             identity: req.identity.clone(),
             front: req.front,
-            operation: req.operation.clone(),
+            operation: req.operation.to_string(),
             class: req.class,
             resources: req.resources.clone(),
             parameters: req.parameters.redacted().into(),
@@ -639,7 +640,7 @@ impl Broker {
         let mut e = AuditEvent::new(kind, actor, now);
         e.identity = Some(req.identity.clone());
         e.front = Some(req.front);
-        e.operation = Some(req.operation.clone());
+        e.operation = Some(req.operation.into());
         e.resources = req.resources.clone();
         e.client = req.client.map(crate::hexfmt::ip);
         e.certificate = req.certificate.clone();
@@ -725,7 +726,7 @@ mod tests {
             identity: "app".into(),
             groups: vec![],
             front: Front::Aws,
-            operation: "GetSecretValue".into(),
+            operation: "GetSecretValue",
             class: OpClass::Read,
             resources: vec![secret.into()],
             parameters: Parameters::Redacted(serde_json::json!({ "SecretId": secret })),

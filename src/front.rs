@@ -197,7 +197,7 @@ pub fn client_ip(ext: &http::Extensions) -> Option<std::net::IpAddr> {
 #[derive(Default)]
 pub struct RequestLog {
     pub identity: String,
-    pub operation: String,
+    pub operation: &'static str,
     pub outcome: &'static str,
 }
 

@@ -172,7 +172,7 @@ fn event(kind: AuditKind, actor: &str, r: &HeldRequest, now: Timestamp) -> Audit
     e.identity = Some(r.subject.identity.clone());
     e.request_id = Some(r.id.clone());
     e.front = Some(r.subject.front);
-    e.operation = Some(r.subject.operation.clone());
+    e.operation = Some(r.subject.operation.clone().into());
     e.resources = r.subject.resources.clone();
     e.rule = Some(r.rule.clone());
     e

@@ -220,7 +220,7 @@ impl AwsFront {
                 format!("keygate: unknown operation {target:?}")
             );
         };
-        log.operation = operation.to_string();
+        log.operation = operation;
         let fields = match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m)) => m,
             Ok(_) => fail!(
@@ -244,7 +244,7 @@ impl AwsFront {
             identity: identity.name.clone(),
             groups: identity.groups.clone(),
             front: Front::Aws,
-            operation: operation.to_string(),
+            operation,
             class,
             resources: ops::resources(&fields),
             parameters: Parameters::Deferred(fields, ops::redacted_parameters),

@@ -284,12 +284,12 @@ impl VaultFront {
             }
             None => path.clone(),
         };
-        log.operation = classified.operation.to_string();
+        log.operation = classified.operation;
         let access = AccessRequest {
             identity: caller.name().to_string(),
             groups: caller.groups().to_vec(),
             front: Front::Vault,
-            operation: classified.operation.to_string(),
+            operation: classified.operation,
             class: classified.class,
             resources: classified.resources.clone(),
             parameters: Parameters::Redacted(ops::redacted_parameters(
