@@ -33,11 +33,14 @@ use crate::policy::{self, Decision, Front, OpClass, Policy, ReadHistory};
 use crate::store::{Commit, Store, StoreError};
 use crate::timestamp::Timestamp;
 
-/// One workload request, as every front end describes it.
+/// One workload request, as every front end describes it. The identity's
+/// name and groups are borrowed from the configuration: a request is
+/// decided while its caller's identity is at hand, and copying them cost
+/// allocations on every request.
 #[derive(Debug, Clone)]
-pub struct AccessRequest {
-    pub identity: String,
-    pub groups: Vec<String>,
+pub struct AccessRequest<'a> {
+    pub identity: &'a str,
+    pub groups: &'a [String],
     pub front: Front,
     /// One of the front end's fixed operation names.
     pub operation: &'static str,
@@ -309,7 +312,7 @@ impl Broker {
     /// Keyed digest of the exact request: identity, front, operation and
     /// every binding parameter. Keyed so that a digest of a low-entropy
     /// secret written through keygate cannot be brute-forced from the store.
-    pub fn digest(&self, req: &AccessRequest) -> String {
+    pub fn digest(&self, req: &AccessRequest<'_>) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key)
             .expect("HMAC accepts keys of any length");
         for part in [
@@ -327,7 +330,7 @@ impl Broker {
     /// Decide `req`, wait for a human if it is held and for its decision
     /// record to be durable: [`Broker::decide`], then [`Broker::settle`],
     /// then [`Durable::wait`].
-    pub async fn admit(&self, req: &AccessRequest) -> Result<Admission, BrokerError> {
+    pub async fn admit(&self, req: &AccessRequest<'_>) -> Result<Admission, BrokerError> {
         let verdict = self.decide(req).await?;
         let (admission, durable) = self.settle(verdict).await?;
         durable.wait().await?;
@@ -353,12 +356,12 @@ impl Broker {
     /// comes back as [`Verdict::Held`] once its hold is durable, so that
     /// the caller can let go of everything it needed to decide before the
     /// (possibly long) wait.
-    pub async fn decide(&self, req: &AccessRequest) -> Result<Verdict, BrokerError> {
+    pub async fn decide(&self, req: &AccessRequest<'_>) -> Result<Verdict, BrokerError> {
         let now = Timestamp::now();
         let decision = {
             let view = policy::Request {
-                identity: &req.identity,
-                groups: &req.groups,
+                identity: req.identity,
+                groups: req.groups,
                 front: req.front,
                 operation: req.operation,
                 class: req.class,
@@ -371,7 +374,7 @@ impl Broker {
                 .then(|| self.histories.lock().unwrap_or_else(|p| p.into_inner()));
             let history = histories
                 .as_ref()
-                .and_then(|h| h.get(&req.identity))
+                .and_then(|h| h.get(req.identity))
                 .unwrap_or(&empty);
             match self.policy.decide(&view, history, now) {
                 Decision::Allow { rule } => Decided::Allow(rule.map(str::to_string)),
@@ -442,14 +445,14 @@ impl Broker {
 
     async fn hold(
         &self,
-        req: &AccessRequest,
+        req: &AccessRequest<'_>,
         rule: String,
         spec: policy::HoldSpec,
         reasons: Vec<String>,
         now: Timestamp,
     ) -> Result<Verdict, BrokerError> {
         let subject = Subject {
-            identity: req.identity.clone(),
+            identity: req.identity.to_string(),
             front: req.front,
             operation: req.operation.to_string(),
             class: req.class,
@@ -467,7 +470,7 @@ impl Broker {
             .map(str::trim)
             .filter(|r| !r.is_empty())
         {
-            if spec.break_glass.iter().any(|i| i == &req.identity) {
+            if spec.break_glass.iter().any(|i| i == req.identity) {
                 let reason: String = reason.chars().take(1024).collect();
                 let bypassed = Box::pin(
                     self.holds
@@ -634,11 +637,11 @@ impl Broker {
         &self,
         kind: AuditKind,
         actor: &str,
-        req: &AccessRequest,
+        req: &AccessRequest<'_>,
         now: Timestamp,
     ) -> AuditEvent {
         let mut e = AuditEvent::new(kind, actor, now);
-        e.identity = Some(req.identity.clone());
+        e.identity = Some(req.identity.to_string());
         e.front = Some(req.front);
         e.operation = Some(req.operation.into());
         e.resources = req.resources.clone();
@@ -647,7 +650,7 @@ impl Broker {
         e
     }
 
-    fn record_reads(&self, req: &AccessRequest, now: Timestamp) {
+    fn record_reads(&self, req: &AccessRequest<'_>, now: Timestamp) {
         if let Some((identity, resources)) = self.reads_of(req) {
             self.record_history(identity, now, &resources);
         }
@@ -655,9 +658,9 @@ impl Broker {
 
     /// What volume rules will count of `req`, if any rule counts reads and
     /// `req` is a read: kept by a held request until its release.
-    fn reads_of(&self, req: &AccessRequest) -> Option<(String, Vec<String>)> {
+    fn reads_of(&self, req: &AccessRequest<'_>) -> Option<(String, Vec<String>)> {
         (!self.history_keep.is_zero() && matches!(req.class, OpClass::Read | OpClass::Bulk))
-            .then(|| (req.identity.clone(), req.resources.clone()))
+            .then(|| (req.identity.to_string(), req.resources.clone()))
     }
 
     fn record_history(&self, identity: String, now: Timestamp, resources: &[String]) {
@@ -721,10 +724,10 @@ mod tests {
         Broker::new(policy, holds, store, [7; 32], AuditMode::Strict)
     }
 
-    fn request(secret: &str) -> AccessRequest {
+    fn request(secret: &str) -> AccessRequest<'static> {
         AccessRequest {
-            identity: "app".into(),
-            groups: vec![],
+            identity: "app",
+            groups: &[],
             front: Front::Aws,
             operation: "GetSecretValue",
             class: OpClass::Read,

@@ -241,8 +241,8 @@ impl AwsFront {
             .map(|s| s.chars().take(1024).collect());
         let material = ops::digest_material(&fields);
         let access = AccessRequest {
-            identity: identity.name.clone(),
-            groups: identity.groups.clone(),
+            identity: &identity.name,
+            groups: &identity.groups,
             front: Front::Aws,
             operation,
             class,

@@ -286,8 +286,8 @@ impl VaultFront {
         };
         log.operation = classified.operation;
         let access = AccessRequest {
-            identity: caller.name().to_string(),
-            groups: caller.groups().to_vec(),
+            identity: caller.name(),
+            groups: caller.groups(),
             front: Front::Vault,
             operation: classified.operation,
             class: classified.class,
@@ -324,7 +324,8 @@ impl VaultFront {
             wrap_ttl,
         );
         let call = Box::new(Call {
-            caller,
+            // A reference count: `access` borrows the caller's name and groups.
+            caller: caller.clone(),
             class: classified.class,
             cache_key,
             method,
