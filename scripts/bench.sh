@@ -234,15 +234,17 @@ group() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }  # 10000 -> 10,000
 fmt_ns() { awk -v x="$1" 'BEGIN { if (x < 1000) printf "%.0f ns", x; else if (x < 1e6) printf "%.2f µs", x / 1000; else printf "%.2f ms", x / 1e6 }'; }
 fmt_mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
+# wrk_threads CONNS: two wrk threads, one at one connection (wrk needs
+# connections >= threads).
+wrk_threads() { if [ "$1" -ge 2 ]; then echo 2; else echo 1; fi; }
+
 # wrk_measure KEY LABEL PID CONNS SECS URL [wrk options...]: one measured wrk
 # run (no warm-up). Sets RPS, P50, P99 (µs) and CPU (µs of PID per request)
 # under KEY.
 wrk_measure() {
     local key=$1 label=$2 pid=$3 conns=$4 secs=$5 url=$6
     shift 6
-    local threads=2
-    [ "$conns" -ge 2 ] || threads=1  # wrk needs connections >= threads
-    local opts=(-t"$threads" -c"$conns" --timeout 10s "$@")
+    local opts=(-t"$(wrk_threads "$conns")" -c"$conns" --timeout 10s "$@")
     local out=$work/wrk-$key.txt
     local before after
     before=$(ticks "$pid")
@@ -267,10 +269,8 @@ wrk_measure() {
 wrk_row() {
     local key=$1 label=$2 pid=$3 conns=$4 url=$5
     shift 5
-    local threads=2
-    [ "$conns" -ge 2 ] || threads=1
     log "row: $label (warm-up ${WARMUP}s, measured ${DURATION}s)"
-    wrk -t"$threads" -c"$conns" --timeout 10s "$@" -d"${WARMUP}s" "$url" >"$work/wrk-$key-warmup.txt" ||
+    wrk -t"$(wrk_threads "$conns")" -c"$conns" --timeout 10s "$@" -d"${WARMUP}s" "$url" >"$work/wrk-$key-warmup.txt" ||
         die "wrk warm-up of '$label' failed"
     wrk_measure "$key" "$label" "$pid" "$conns" "$DURATION" "$url" "$@"
     ROWS+=("| $label | $(printf '%.0f' "${RPS[$key]}") | $(fmt_us "${P50[$key]}") | $(fmt_us "${P99[$key]}") | ${CPU[$key]} | $(fmt_mib "$(vm_kib "$pid" VmHWM)") |")
