@@ -220,7 +220,13 @@ impl App {
                 tls: app.workload_tls.clone(),
                 limits: app.limits.clone(),
             },
-            move |req| front::route(&workload_app.aws, &workload_app.vault, req),
+            move || {
+                let fronts = Arc::new(front::Fronts {
+                    aws: workload_app.aws.clone(),
+                    vault: workload_app.vault.clone(),
+                });
+                move |req| front::route(&fronts, req)
+            },
             front::reject,
             stop_rx.clone(),
             SHUTDOWN_GRACE,
@@ -233,9 +239,12 @@ impl App {
                 tls: app.admin_tls.clone(),
                 limits: app.limits.clone(),
             },
-            move |req| {
-                let app = admin_app.clone();
-                async move { app.admin.handle(req).await }
+            move || {
+                let admin_app = admin_app.clone();
+                move |req| {
+                    let app = admin_app.clone();
+                    async move { app.admin.handle(req).await }
+                }
             },
             |rejection: Rejection, _: &str| crate::admin::reject(rejection),
             stop_rx,

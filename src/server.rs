@@ -58,13 +58,18 @@ pub enum Rejection {
 
 /// Serve `listener` until `shutdown` flips, then give open connections up to
 /// `grace` to finish. `reject` renders the server's own refusals.
-pub async fn serve<H, F, R, B>(
+///
+/// `make_handler` is called once per connection and its handler serves that
+/// connection's requests: what the handler clones per request can then be
+/// the connection's own, which no other core writes to (see `front::Fronts`).
+pub async fn serve<M, H, F, R, B>(
     listener: Listener,
-    handler: H,
+    make_handler: M,
     reject: R,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) where
+    M: Fn() -> H,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     R: Fn(Rejection, &str) -> Response<B> + Clone + Send + Sync + 'static,
@@ -109,7 +114,7 @@ pub async fn serve<H, F, R, B>(
                     builders: builders.clone(),
                     shutdown: shutdown.clone(),
                 };
-                let (handler, reject, tls) = (handler.clone(), reject.clone(), tls.clone());
+                let (handler, reject, tls) = (make_handler(), reject.clone(), tls.clone());
                 // The guard counts the connection as open until it and any
                 // request parked from it are answered (see `serve`).
                 tokio::spawn(conn.run(stream, tls, handler, reject, guard));

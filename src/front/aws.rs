@@ -21,7 +21,7 @@ use hyper::{Request, Response};
 use serde_json::Value;
 
 use super::{
-    cert_caller, header, once_durable, read_body, Body, BodyError, CertCaller, RequestLog,
+    cert_caller, header, once_durable, read_body, Body, BodyError, CertCaller, Fronts, RequestLog,
 };
 use crate::broker::{
     AccessRequest, Admission, Broker, BrokerError, Durable, Parameters, Refusal, Verdict,
@@ -121,17 +121,19 @@ impl AwsFront {
     /// decision, which reads, authenticates and decides it and is gone
     /// before any approval wait. The future returned keeps no copy of the
     /// request, only what executing it needs, and that is all a held
-    /// request keeps while it waits. The front end comes back out of the
-    /// decision too, so that one reference serves the whole request.
+    /// request keeps while it waits. The connection's `Fronts` comes back
+    /// out of the decision too, so that one reference serves the whole
+    /// request.
     pub fn handle(
-        self: Arc<Self>,
+        fronts: Arc<Fronts>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
         let started = Instant::now();
-        let deciding = Box::pin(self.decide_logged(req));
+        let deciding = Box::pin(Self::decide_logged(fronts, req));
         async move {
             let request_id = crate::request_id::next();
-            let (this, mut log, decided) = deciding.await;
+            let (fronts, mut log, decided) = deciding.await;
+            let this = &fronts.aws;
             let answered = 'answer: {
                 let (verdict, call) = match decided {
                     Ok(decided) => decided,
@@ -154,12 +156,16 @@ impl AwsFront {
     }
 
     async fn decide_logged(
-        self: Arc<Self>,
+        fronts: Arc<Fronts>,
         req: Request<Incoming>,
-    ) -> (Arc<Self>, RequestLog, Result<(Verdict, Call), ServiceError>) {
+    ) -> (
+        Arc<Fronts>,
+        RequestLog,
+        Result<(Verdict, Call), ServiceError>,
+    ) {
         let mut log = RequestLog::default();
-        let decided = self.decide(req, &mut log).await;
-        (self, log, decided)
+        let decided = fronts.aws.decide(req, &mut log).await;
+        (fronts, log, decided)
     }
 
     /// Read, authenticate and decide a request: the broker's verdict, and

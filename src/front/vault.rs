@@ -21,7 +21,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
-use super::{cert_caller, once_durable, read_body, Body, BodyError, CertCaller, RequestLog};
+use super::{
+    cert_caller, once_durable, read_body, Body, BodyError, CertCaller, Fronts, RequestLog,
+};
 use crate::broker::{
     AccessRequest, Admission, Broker, BrokerError, Durable, Parameters, Refusal, Verdict,
 };
@@ -138,17 +140,19 @@ impl VaultFront {
     /// decision, which reads, authenticates and decides it and is gone
     /// before any approval wait. The future returned keeps no copy of the
     /// request, only what executing it needs, and that is all a held
-    /// request keeps while it waits. The front end comes back out of the
-    /// decision too, so that one reference serves the whole request.
+    /// request keeps while it waits. The connection's `Fronts` comes back
+    /// out of the decision too, so that one reference serves the whole
+    /// request.
     pub fn handle(
-        self: Arc<Self>,
+        fronts: Arc<Fronts>,
         req: Request<Incoming>,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
         let started = Instant::now();
-        let deciding = Box::pin(self.decide_logged(req));
+        let deciding = Box::pin(Self::decide_logged(fronts, req));
         async move {
             let request_id = crate::request_id::next();
-            let (this, mut log, decided) = deciding.await;
+            let (fronts, mut log, decided) = deciding.await;
+            let this = &fronts.vault;
             let answered = 'answer: {
                 let (verdict, call) = match decided {
                     Ok(Decided::Admitting(verdict, call)) => (verdict, call),
@@ -172,12 +176,12 @@ impl VaultFront {
     }
 
     async fn decide_logged(
-        self: Arc<Self>,
+        fronts: Arc<Fronts>,
         req: Request<Incoming>,
-    ) -> (Arc<Self>, RequestLog, Result<Decided, VaultError>) {
+    ) -> (Arc<Fronts>, RequestLog, Result<Decided, VaultError>) {
         let mut log = RequestLog::default();
-        let decided = self.decide(req, &mut log).await;
-        (self, log, decided)
+        let decided = fronts.vault.decide(req, &mut log).await;
+        (fronts, log, decided)
     }
 
     /// Read, authenticate and decide a request: the broker's verdict, and
