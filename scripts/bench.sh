@@ -68,6 +68,7 @@ if [ "$SMOKE" = 1 ]; then
     SCALE_NS=(100 1000)
     IDS_N=1000
     CRITERION_ARGS=(--warm-up-time 0.1 --measurement-time 0.2 --sample-size 10)
+    CACHE_ITERATIONS=20000
 else
     MODE=full WARMUP=3 DURATION=10
     PAIR_ROUNDS=5 PAIR_SECS=4
@@ -75,6 +76,7 @@ else
     SCALE_NS=(1000 10000)
     IDS_N=10000
     CRITERION_ARGS=(--warm-up-time 1 --measurement-time 3)
+    CACHE_ITERATIONS=2000000
 fi
 COLD_RUNS=5
 
@@ -124,9 +126,10 @@ ulimit -n "$hard"
 # comes last: `cargo bench` builds the package's binaries too, with default
 # features, and would replace a binary built with KEYGATE_BENCH_CARGO_ARGS;
 # the policy row runs `cargo bench` again, so every row runs a copy.
-log "building examples/bare_hyper and benches/policy.rs ($PROFILE)"
+log "building examples/bare_hyper, benches/policy.rs and benches/cache.rs ($PROFILE)"
 cargo build "${build_flags[@]}" --locked --example bare_hyper
 cargo bench "${bench_flags[@]}" --locked --bench policy --no-run
+cargo bench "${bench_flags[@]}" --locked --bench cache --no-run
 log "building keygate ($PROFILE${KEYGATE_BENCH_CARGO_ARGS:+, $KEYGATE_BENCH_CARGO_ARGS})"
 read -ra keygate_cargo_args <<<"${KEYGATE_BENCH_CARGO_ARGS:-}"
 cargo build "${build_flags[@]}" "${keygate_cargo_args[@]}" --locked --bin keygate
@@ -423,6 +426,16 @@ for n in 10 1000 10000; do
     ROWS+=("| policy decide, $(group "$n") rules: last rule / no match / glob last rule | — | $(fmt_ns "$(json_get "$work/policy.json" "last_rule_$n")") / $(fmt_ns "$(json_get "$work/policy.json" "no_match_$n")") / $(fmt_ns "$(json_get "$work/policy.json" "glob_last_rule_$n")") | — | — | — |")
 done
 
+# 6b. The read cache's hit under contention (benches/cache.rs): ns per get
+#     with one thread, and with two threads hitting one entry at once.
+log "row: read cache hit (benches/cache.rs)"
+cargo bench "${bench_flags[@]}" --locked --bench cache -- "$CACHE_ITERATIONS" >"$work/cache.txt" 2>&1 ||
+    { tail -n 30 "$work/cache.txt" >&2; die "cargo bench --bench cache failed"; }
+cache_1=$(awk '/1 thread\(s\):/ {print $(NF-3)}' "$work/cache.txt")
+cache_2=$(awk '/2 thread\(s\):/ {print $(NF-5) " / " $(NF-3)}' "$work/cache.txt")
+[ -n "$cache_1" ] && [ -n "$cache_2" ] || { cat "$work/cache.txt" >&2; die "could not read benches/cache.rs output"; }
+ROWS+=("| read cache hit (\`ReadCache::get\`): 1 thread / 2 threads on one entry | — | $cache_1 ns / $cache_2 ns | — | — | — |")
+
 # 7. Cold start: spawn -> admin /readyz 200, fresh state each time.
 log "row: cold start to ready ($COLD_RUNS runs)"
 "${KGB[@]}" coldstart --bin "$KG" --demo "$DEMO_CONFIG" --work "$work" --runs "$COLD_RUNS" "${SET_ARGS[@]}" >"$work/cold.json"
@@ -474,7 +487,7 @@ p10k_glob=$(json_get "$work/policy.json" glob_last_rule_10000)
     echo "|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${ROWS[@]}"
     echo
-    echo "CPU µs/req and peak RSS (VmHWM) are the server's: bare hyper on its rows, keygate on the others (each keygate row is a fresh process). Held row: p50/p99 from the approve POST to the held client's answer; RSS while all are pending. Policy rows: criterion medians (glob: rules name identities by glob, so all are walked)."
+    echo "CPU µs/req and peak RSS (VmHWM) are the server's: bare hyper on its rows, keygate on the others (each keygate row is a fresh process). Held row: p50/p99 from the approve POST to the held client's answer; RSS while all are pending. Policy rows: criterion medians (glob: rules name identities by glob, so all are walked). Read cache row: benches/cache.rs, ns per get, each thread's own figure."
     echo
     echo "- cache-miss pass-through adds $(fmt_us "$miss_added") at p50 over a direct call to the same upstream (target < 150 µs: $(check "$(awk -v x="$miss_added" 'BEGIN { print (x < 150) }')"))"
     echo
