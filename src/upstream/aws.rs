@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_secretsmanager::config::interceptors::{
     AfterDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextMut,
@@ -50,13 +51,20 @@ impl AwsUpstream {
         if tls.insecure_skip_verify {
             tracing::warn!("upstream.tls.insecure_skip_verify is on: the Secrets Manager endpoint's certificate is NOT verified (development only)");
         }
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3).min(timeout))
-                .operation_attempt_timeout(timeout)
-                .operation_timeout(timeout * 2)
-                .build(),
-        );
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3).min(timeout))
+                    .operation_attempt_timeout(timeout)
+                    .operation_timeout(timeout * 2)
+                    .build(),
+            )
+            // Stalled-stream protection watches a body's throughput while
+            // it streams, for large downloads. Secrets Manager's answers
+            // are small JSON documents, and `operation_attempt_timeout`
+            // already bounds a stalled one; the watch cost ~3% of a cache
+            // miss's instructions (BENCHMARKS.md, fourteenth session).
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
         if let Some(r) = region {
             loader = loader.region(Region::new(r));
         }
