@@ -122,8 +122,9 @@ impl App {
                 endpoint,
                 timeout,
                 tls,
+                client,
             } => Arc::new(
-                AwsUpstream::new(region.clone(), endpoint.clone(), *timeout, tls)
+                AwsUpstream::new(region.clone(), endpoint.clone(), *timeout, tls, *client)
                     .await
                     .map_err(AppError::Aws)?,
             ),

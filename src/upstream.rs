@@ -4,6 +4,7 @@
 //! receives is exactly what the store answered.
 
 pub mod aws;
+pub mod aws_direct;
 pub mod aws_http;
 pub mod dev;
 pub mod dev_kv;

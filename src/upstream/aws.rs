@@ -12,6 +12,11 @@
 //! reply slot reach it through a task-local (`EXCHANGE`). Attaching it per
 //! call with `customize()` instead rebuilt the operation's config layers on
 //! every cache miss.
+//!
+//! With `upstream.client = "direct"`, calls skip the SDK client: the same
+//! loaded SDK configuration (credentials, region, endpoint, retry settings)
+//! feeds `aws_direct::DirectClient`, which signs with `aws-sigv4` and sends
+//! each call itself. Both answer through `parse_error` alike.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,14 +34,22 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 
+use super::aws_direct::DirectClient;
 use super::{SecretsUpstream, ServiceError, UpstreamError};
-use crate::config::UpstreamTls;
+use crate::config::{AwsClient, UpstreamTls};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct AwsUpstream {
-    client: Client,
+    calls: Calls,
     label: String,
+}
+
+/// Who makes the calls (`upstream.client`).
+enum Calls {
+    Sdk(Client),
+    /// Boxed: its retry and credential state make it ~600 bytes.
+    Direct(Box<DirectClient>),
 }
 
 impl AwsUpstream {
@@ -45,6 +58,7 @@ impl AwsUpstream {
         endpoint: Option<String>,
         timeout: Duration,
         tls: &UpstreamTls,
+        mode: AwsClient,
     ) -> Result<AwsUpstream, UpstreamError> {
         // Build the TLS client first: a bad CA bundle or key fails start-up.
         let http = super::aws_http::aws_http_client(tls).map_err(UpstreamError::Unavailable)?;
@@ -76,23 +90,37 @@ impl AwsUpstream {
             .region()
             .map(|r| r.to_string())
             .unwrap_or_else(|| "(none)".into());
-        let label = format!(
-            "AWS Secrets Manager (region {region}, endpoint {})",
-            endpoint
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER").ok())
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-                .unwrap_or_else(|| "default".into())
-        );
-        // Only the Secrets Manager client gets keygate's TLS settings; the
-        // credential providers keep the SDK's client (they talk to AWS itself).
-        let mut conf = aws_sdk_secretsmanager::config::Builder::from(&sdk).interceptor(RawExchange);
-        if let Some(http) = http {
-            conf = conf.http_client(http);
-        }
-        Ok(AwsUpstream {
-            client: Client::from_conf(conf.build()),
-            label,
-        })
+        let endpoint = endpoint
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_SECRETS_MANAGER").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let (calls, label) = match mode {
+            AwsClient::Sdk => {
+                // Only the Secrets Manager client gets keygate's TLS
+                // settings; the credential providers keep the SDK's client
+                // (they talk to AWS itself).
+                let mut conf =
+                    aws_sdk_secretsmanager::config::Builder::from(&sdk).interceptor(RawExchange);
+                if let Some(http) = http {
+                    conf = conf.http_client(http);
+                }
+                let label = format!(
+                    "AWS Secrets Manager (region {region}, endpoint {}, SDK client)",
+                    endpoint.as_deref().unwrap_or("default")
+                );
+                (Calls::Sdk(Client::from_conf(conf.build())), label)
+            }
+            AwsClient::Direct => {
+                let direct = DirectClient::new(&sdk, endpoint.as_deref(), timeout, tls)
+                    .await
+                    .map_err(UpstreamError::Unavailable)?;
+                let label = format!(
+                    "AWS Secrets Manager (region {region}, endpoint {}, direct client)",
+                    direct.url()
+                );
+                (Calls::Direct(Box::new(direct)), label)
+            }
+        };
+        Ok(AwsUpstream { calls, label })
     }
 }
 
@@ -189,11 +217,25 @@ macro_rules! dispatch {
 #[async_trait]
 impl SecretsUpstream for AwsUpstream {
     async fn call(&self, operation: &str, body: Bytes) -> Result<Bytes, UpstreamError> {
+        let c = match &self.calls {
+            Calls::Sdk(client) => client,
+            Calls::Direct(direct) => {
+                let answer = direct.call(operation, body).await?;
+                let captured = Captured {
+                    status: answer.status,
+                    error_type_header: answer.error_type_header,
+                    body: answer.body,
+                };
+                return match captured.status {
+                    200 => Ok(captured.body),
+                    _ => Err(UpstreamError::Service(parse_error(&captured))),
+                };
+            }
+        };
         let exchange = Arc::new(Exchange {
             body,
             reply: Mutex::new(None),
         });
-        let c = &self.client;
         let sdk_result = EXCHANGE
             .scope(exchange.clone(), async move {
                 Ok(dispatch!(c, operation, {

@@ -44,6 +44,52 @@ pub fn aws_http_client(tls: &UpstreamTls) -> Result<Option<SharedHttpClient>, St
     })))
 }
 
+/// A pooled hyper client with keygate's TLS settings, for the `direct`
+/// AWS client (`upstream::aws_direct`). For a plain-HTTP endpoint (a local
+/// emulator) no trust roots are needed, and none are loaded: a container
+/// without a CA store can still reach one.
+pub fn hyper_client<B>(
+    tls: &UpstreamTls,
+    https: bool,
+    connect_timeout: Duration,
+) -> Result<HyperClient<ConnectTimeout, B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let config = if https {
+        rustls_client_config(tls).map_err(|e| e.to_string())?
+    } else {
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    };
+    Ok(pooled_client(Arc::new(config), Some(connect_timeout)))
+}
+
+fn pooled_client<B>(
+    config: Arc<rustls::ClientConfig>,
+    connect_timeout: Option<Duration>,
+) -> HyperClient<ConnectTimeout, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut tcp = TcpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let https = HttpsConnector::from((tcp, config));
+    hyper_util::client::legacy::Builder::new(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(ConnectTimeout {
+            inner: https,
+            timeout: connect_timeout,
+        })
+}
+
 /// (connect timeout, read timeout) from the SDK's `HttpConnectorSettings`.
 type TimeoutKey = (Option<Duration>, Option<Duration>);
 
@@ -66,19 +112,8 @@ impl HttpClient for TlsHttpClient {
         connectors
             .entry(key)
             .or_insert_with(|| {
-                let mut tcp = TcpConnector::new();
-                tcp.enforce_http(false);
-                tcp.set_nodelay(true);
-                let https = HttpsConnector::from((tcp, self.config.clone()));
-                let client = hyper_util::client::legacy::Builder::new(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build(ConnectTimeout {
-                        inner: https,
-                        timeout: key.0,
-                    });
                 SharedHttpConnector::new(TlsConnector {
-                    client,
+                    client: pooled_client(self.config.clone(), key.0),
                     read_timeout: key.1,
                 })
             })
@@ -155,7 +190,7 @@ pub fn chain_has<T: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
 }
 
 #[derive(Debug)]
-struct ConnectTimedOut(Duration);
+pub struct ConnectTimedOut(Duration);
 
 impl std::fmt::Display for ConnectTimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,7 +206,7 @@ impl StdError for ConnectTimedOut {}
 
 /// Bounds TCP connect and TLS handshake together.
 #[derive(Clone)]
-struct ConnectTimeout {
+pub struct ConnectTimeout {
     inner: HttpsConnector<TcpConnector>,
     timeout: Option<Duration>,
 }

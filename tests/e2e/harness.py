@@ -300,6 +300,7 @@ def render_config(
     max_body_bytes: int | None = None,
     max_pending_total: int | None = None,
     certificates: dict[str, list[str]] | None = None,
+    aws_client: str | None = None,
 ) -> str:
     """keygate config for the tests: demo-upstream.toml plus a second identity,
     an approver outside secops, an owner for demo-app and a write rule.
@@ -309,7 +310,8 @@ def render_config(
 
     tls / admin_tls / limits become [server.tls] / [server.admin_tls] /
     [server.limits] with those keys (values: str, int, bool, Path or lists);
-    certificates maps an identity name to its `certificates` patterns."""
+    certificates maps an identity name to its `certificates` patterns;
+    aws_client sets upstream.client ("sdk" or "direct"; default: unset)."""
     certificates = certificates or {}
     server_extra = ""
     if max_body_bytes is not None:
@@ -344,6 +346,7 @@ state = "{state}"
 [upstream]
 kind = "aws"
 region = "{REGION}"
+{f'client = "{aws_client}"' if aws_client else ""}
 {vault_upstream}
 [cache]
 ttl = "{cache_ttl}"

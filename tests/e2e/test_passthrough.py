@@ -1,10 +1,24 @@
-"""Routine traffic passes straight through; policy denials answer at once."""
+"""Routine traffic passes straight through; policy denials answer at once.
+
+Every test runs twice: with keygate calling AWS through the SDK's client
+(the default) and through its direct client (`upstream.client = "direct"`)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness import DEMO_APP, OTHER_APP, SECRETS, client_error, describe, strip_metadata
+
+
+@pytest.fixture(params=["sdk", "direct"])
+def keygate(request, start_keygate):
+    """keygate with the default test config and each AWS upstream client."""
+    kg = start_keygate(aws_client=request.param)
+    assert f"{request.param} client" in kg.log().lower(), f"keygate did not start its {request.param} client:\n{kg.log()}"
+    return kg
+
 
 NO_DESTRUCTIVE_REASON = "deleting secrets and changing resource policies is not allowed through keygate"
 
