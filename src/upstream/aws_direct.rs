@@ -414,16 +414,19 @@ fn backoff(policy: RetryPolicy, retries: u32, jitter: f64) -> Duration {
     exponential.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// A TLS failure will not heal by itself; refused or reset connections and
-/// connect timeouts may.
+/// As the SDK path classifies (`aws_http::classify`): a TLS failure will not
+/// heal by itself; refused or reset connections and connect timeouts may;
+/// anything else (a malformed answer) is not retried.
 fn classify(e: hyper_util::client::legacy::Error) -> Failure {
     let message = crate::error_chain::with_causes(&e);
     if chain_has::<rustls::Error>(&e) {
         Failure::Permanent(message)
     } else if chain_has::<super::aws_http::ConnectTimedOut>(&e) {
         Failure::Timeout(message)
-    } else {
+    } else if e.is_connect() || chain_has::<std::io::Error>(&e) {
         Failure::Connection(message)
+    } else {
+        Failure::Permanent(message)
     }
 }
 

@@ -323,17 +323,24 @@ def test_passthrough_lookup_self_over_mtls(start_kg, bao, pki, vault_secret):
 # AWS: [upstream] endpoint = https://... and [upstream.tls]
 
 
-def test_aws_endpoint_over_tls_with_ca_bundle(start_kg, tls_moto, pki):
-    kg = start_kg(aws_endpoint=tls_moto.url, aws_tls=upstream_tls_keys(ca_bundle=pki.ca))
+# The AWS cases run with both upstream clients: the SDK's and keygate's
+# direct one (`upstream.client = "direct"`), which share the TLS connector.
+AWS_CLIENTS = pytest.mark.parametrize("aws_client", ["sdk", "direct"])
+
+
+@AWS_CLIENTS
+def test_aws_endpoint_over_tls_with_ca_bundle(start_kg, tls_moto, pki, aws_client):
+    kg = start_kg(aws_endpoint=tls_moto.url, aws_tls=upstream_tls_keys(ca_bundle=pki.ca), aws_client=aws_client)
 
     assert kg.client().get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == SECRETS[DEMO_SECRET]
     assert not warn_lines(kg, "insecure_skip_verify")
 
 
+@AWS_CLIENTS
 @pytest.mark.parametrize("case", ["no-tls-table", "ca-bundle-of-another-ca"])
-def test_aws_untrusted_endpoint_gives_fast_503(start_kg, tls_moto, pki, case):
+def test_aws_untrusted_endpoint_gives_fast_503(start_kg, tls_moto, pki, case, aws_client):
     aws_tls = None if case == "no-tls-table" else upstream_tls_keys(ca_bundle=pki.wrong_ca)
-    kg = start_kg(aws_endpoint=tls_moto.url, aws_tls=aws_tls)
+    kg = start_kg(aws_endpoint=tls_moto.url, aws_tls=aws_tls, aws_client=aws_client)
 
     log = expect_aws_503(kg)
 
@@ -352,21 +359,23 @@ def test_aws_insecure_skip_verify_works_and_warns_at_every_start(start_kg, tls_m
     assert len(warn_lines(kg, "insecure_skip_verify")) == 2, "warned again at the second start"
 
 
-def test_aws_endpoint_over_mtls_with_client_certificate(start_kg, mtls_proxy, pki):
-    kg = start_kg(aws_endpoint=mtls_proxy.url, aws_tls=tls_keys(pki))
+@AWS_CLIENTS
+def test_aws_endpoint_over_mtls_with_client_certificate(start_kg, mtls_proxy, pki, aws_client):
+    kg = start_kg(aws_endpoint=mtls_proxy.url, aws_tls=tls_keys(pki), aws_client=aws_client)
 
     assert kg.client().get_secret_value(SecretId=DEMO_SECRET)["SecretString"] == SECRETS[DEMO_SECRET]
     assert mtls_proxy.accepted >= 1 and not mtls_proxy.failures, mtls_proxy.failures
 
 
+@AWS_CLIENTS
 @pytest.mark.parametrize("case", ["no-client-cert", "client-cert-from-another-ca", "no-ca-bundle"])
-def test_aws_mtls_refused_gives_fast_503(start_kg, mtls_proxy, pki, case):
+def test_aws_mtls_refused_gives_fast_503(start_kg, mtls_proxy, pki, case, aws_client):
     aws_tls = {
         "no-client-cert": tls_keys(pki, client=False),
         "client-cert-from-another-ca": upstream_tls_keys(ca_bundle=pki.ca, client=pki.wrong_ca_client),
         "no-ca-bundle": tls_keys(pki, ca=False),
     }[case]
-    kg = start_kg(aws_endpoint=mtls_proxy.url, aws_tls=aws_tls)
+    kg = start_kg(aws_endpoint=mtls_proxy.url, aws_tls=aws_tls, aws_client=aws_client)
 
     log = expect_aws_503(kg)
 
