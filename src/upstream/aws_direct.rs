@@ -616,6 +616,13 @@ mod tests {
     }
 
     const SECRET_ID: &[u8] = br#"{"SecretId":"demo/api/key"}"#;
+
+    /// GetSecretValue through `c`; panics unless some answer came back.
+    async fn get(c: &DirectClient) -> Answer {
+        c.call("GetSecretValue", Bytes::from_static(SECRET_ID))
+            .await
+            .expect("an answer")
+    }
     const VALUE: &str = r#"{"Name":"demo/api/key","SecretString":"s3cr3t"}"#;
     const THROTTLED: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
     const NOT_FOUND: &str = r#"{"__type":"ResourceNotFoundException","message":"no such secret"}"#;
@@ -625,10 +632,7 @@ mod tests {
         let (url, count) = serve(vec![(200, VALUE)]).await;
         let c = client(&url).await;
         assert_eq!(c.url(), format!("{url}/"));
-        let answer = c
-            .call("GetSecretValue", Bytes::from_static(SECRET_ID))
-            .await
-            .expect("answer");
+        let answer = get(&c).await;
         assert_eq!((answer.status, &answer.body[..]), (200, VALUE.as_bytes()));
         assert_eq!(count.load(Ordering::SeqCst), 1);
     }
@@ -636,11 +640,7 @@ mod tests {
     #[tokio::test]
     async fn throttling_and_server_errors_are_retried_until_one_succeeds() {
         let (url, count) = serve(vec![(400, THROTTLED), (503, ""), (200, VALUE)]).await;
-        let answer = client(&url)
-            .await
-            .call("GetSecretValue", Bytes::from_static(SECRET_ID))
-            .await
-            .expect("answer");
+        let answer = get(&client(&url).await).await;
         assert_eq!(answer.status, 200);
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
@@ -648,11 +648,7 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_at_max_attempts_and_the_last_answer_is_relayed() {
         let (url, count) = serve(vec![(503, "")]).await;
-        let answer = client(&url)
-            .await
-            .call("GetSecretValue", Bytes::from_static(SECRET_ID))
-            .await
-            .expect("answer");
+        let answer = get(&client(&url).await).await;
         assert_eq!(answer.status, 503);
         assert_eq!(count.load(Ordering::SeqCst), 3);
     }
@@ -660,11 +656,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_error_is_answered_at_once() {
         let (url, count) = serve(vec![(400, NOT_FOUND), (200, VALUE)]).await;
-        let answer = client(&url)
-            .await
-            .call("GetSecretValue", Bytes::from_static(SECRET_ID))
-            .await
-            .expect("answer");
+        let answer = get(&client(&url).await).await;
         assert_eq!(
             (answer.status, &answer.body[..]),
             (400, NOT_FOUND.as_bytes())
@@ -696,12 +688,76 @@ mod tests {
         let (url, count) = serve(vec![(503, "")]).await;
         let c = client(&url).await;
         c.quota.store(RETRY_COST - 1, Ordering::SeqCst);
-        let answer = c
-            .call("GetSecretValue", Bytes::from_static(SECRET_ID))
-            .await
-            .expect("answer");
+        let answer = get(&c).await;
         assert_eq!(answer.status, 503);
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    /// Credentials that expire `valid_for` after each fetch, and count the
+    /// fetches; each fetch takes a moment, so that callers overlap it.
+    #[derive(Debug)]
+    struct CountingProvider {
+        fetches: Arc<AtomicUsize>,
+        valid_for: Duration,
+    }
+
+    impl ProvideCredentials for CountingProvider {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::new(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.fetches.fetch_add(1, Ordering::SeqCst);
+                Ok(Credentials::new(
+                    ACCESS_KEY,
+                    SECRET_KEY,
+                    None,
+                    Some(SystemTime::now() + self.valid_for),
+                    "counting",
+                ))
+            })
+        }
+    }
+
+    async fn counting_client(url: &str, valid_for: Duration) -> (DirectClient, Arc<AtomicUsize>) {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let provider = CountingProvider {
+            fetches: fetches.clone(),
+            valid_for,
+        };
+        let sdk = sdk(Some(url), "us-east-1")
+            .into_builder()
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .build();
+        let c = DirectClient::new(&sdk, None, Duration::from_secs(2), &UpstreamTls::default())
+            .await
+            .expect("client");
+        (c, fetches)
+    }
+
+    #[tokio::test]
+    async fn credentials_are_fetched_once_by_concurrent_callers_and_then_reused() {
+        let (url, count) = serve(vec![(200, VALUE)]).await;
+        let (c, fetches) = counting_client(&url, Duration::from_secs(3600)).await;
+        let answers = futures_util::future::join_all((0..8).map(|_| get(&c))).await;
+        assert!(answers.iter().all(|a| a.status == 200));
+        assert_eq!(get(&c).await.status, 200);
+        assert_eq!(count.load(Ordering::SeqCst), 9);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch for all");
+    }
+
+    #[tokio::test]
+    async fn credentials_close_to_expiry_are_fetched_again() {
+        let (url, _) = serve(vec![(200, VALUE)]).await;
+        // Inside the five-minute margin from the start: never reused.
+        let (c, fetches) = counting_client(&url, Duration::from_secs(60)).await;
+        for _ in 0..3 {
+            assert_eq!(get(&c).await.status, 200);
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
