@@ -22,11 +22,15 @@
 //!   retry quota (500 tokens; 5 a retry, 10 after a timeout; returned on
 //!   success) so that an outage does not triple the load on it.
 //!
-//! Left out: the SDK's clock-skew correction (a host whose clock is off by
-//! more than five minutes gets AWS's `InvalidSignatureException`, relayed as
-//! it is) and its user-agent metrics.
+//! - clock skew is corrected as the SDK's `ServiceClockSkewInterceptor`
+//!   does: every answer's `Date` measures the skew (against the midpoint of
+//!   the exchange), later requests are signed at local time plus it, and a
+//!   signature error from a server more than four minutes off is retried.
+//!
+//! Left out: the SDK's adaptive retry mode (client-side rate limiting) and
+//! its user-agent metrics.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,6 +55,19 @@ const RETRY_COST: u32 = 5;
 const TIMEOUT_RETRY_COST: u32 = 10;
 /// Credentials are refreshed this long before they expire.
 const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+/// The SDK's clock-skew numbers (`aws-runtime`'s `service_clock_skew`): a
+/// skew beyond this makes a signature error worth a retry...
+const SKEW_DETECTION_THRESHOLD: Duration = Duration::from_secs(4 * 60);
+/// ...and an exchange slower than this says nothing reliable about it.
+const MAX_TRUSTED_REQUEST_DURATION: Duration = Duration::from_secs(15 * 60);
+/// Error codes AWS answers a request signed at the wrong time with.
+const CLOCK_SKEW_ERROR_CODES: &[&str] = &[
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "AuthFailure",
+    "RequestTimeTooSkewed",
+    "AccessDeniedException",
+];
 
 /// What AWS answered (any status): the caller maps non-200 answers.
 #[derive(Debug)]
@@ -58,6 +75,9 @@ pub struct Answer {
     pub status: u16,
     pub error_type_header: Option<String>,
     pub body: Bytes,
+    /// The server's clock is more than `SKEW_DETECTION_THRESHOLD` off ours
+    /// (measured on this answer).
+    pub skewed: bool,
 }
 
 pub struct DirectClient {
@@ -72,6 +92,9 @@ pub struct DirectClient {
     refreshing: tokio::sync::Mutex<()>,
     retry: RetryPolicy,
     quota: AtomicU32,
+    /// The server's clock minus ours, in milliseconds, from the last answer
+    /// with a usable `Date`; requests are signed at our time plus this.
+    skew_ms: AtomicI64,
     attempt_timeout: Duration,
     operation_timeout: Duration,
     user_agent: String,
@@ -149,6 +172,7 @@ impl DirectClient {
             refreshing: tokio::sync::Mutex::new(()),
             retry,
             quota: AtomicU32::new(RETRY_QUOTA),
+            skew_ms: AtomicI64::new(0),
             attempt_timeout: timeout,
             operation_timeout: timeout * 2,
             user_agent: format!("keygate/{} aws-sigv4", env!("CARGO_PKG_VERSION")),
@@ -205,11 +229,20 @@ impl DirectClient {
 
     async fn attempt(&self, target: &str, body: Bytes) -> Result<Answer, Failure> {
         let identity = self.identity().await.map_err(Failure::Permanent)?;
+        let sent = SystemTime::now();
+        let signing_time = shift(sent, self.skew_ms.load(Ordering::Relaxed));
         let request = self
-            .signed_request(target, body, &identity, SystemTime::now())
+            .signed_request(target, body, &identity, signing_time)
             .map_err(Failure::Permanent)?;
         let exchange = async {
             let response = self.http.request(request).await.map_err(classify)?;
+            let skew = measured_skew(response.headers(), sent, SystemTime::now());
+            if let Some(skew) = skew {
+                self.skew_ms.store(skew, Ordering::Relaxed);
+            }
+            let skewed = skew.is_some_and(|ms| {
+                Duration::from_millis(ms.unsigned_abs()) > SKEW_DETECTION_THRESHOLD
+            });
             let status = response.status().as_u16();
             let error_type_header = response
                 .headers()
@@ -226,6 +259,7 @@ impl DirectClient {
                 status,
                 error_type_header,
                 body,
+                skewed,
             })
         };
         match tokio::time::timeout(self.attempt_timeout, exchange).await {
@@ -383,8 +417,45 @@ fn answer_is_retryable(answer: &Answer) -> bool {
     match answer.status {
         200 => false,
         500 | 502 | 503 | 504 => true,
-        _ => error_code(answer).is_some_and(|code| RETRYABLE_CODES.contains(&code.as_str())),
+        _ => error_code(answer).is_some_and(|code| {
+            RETRYABLE_CODES.contains(&code.as_str())
+                || (answer.skewed && CLOCK_SKEW_ERROR_CODES.contains(&code.as_str()))
+        }),
     }
+}
+
+/// The server's clock minus ours, in milliseconds, from an answer's `Date`
+/// against the midpoint of the exchange; `None` when the answer cannot
+/// tell (no usable `Date`, a cached answer, too slow an exchange).
+fn measured_skew(headers: &http::HeaderMap, sent: SystemTime, received: SystemTime) -> Option<i64> {
+    if headers.contains_key("age") {
+        return None;
+    }
+    let date = headers.get("date")?.to_str().ok()?;
+    let server =
+        aws_smithy_types::DateTime::from_str(date, aws_smithy_types::date_time::Format::HttpDate)
+            .ok()?;
+    let server = SystemTime::try_from(server).ok()?;
+    let elapsed = received.duration_since(sent).unwrap_or_default();
+    if elapsed > MAX_TRUSTED_REQUEST_DURATION {
+        return None;
+    }
+    let midpoint = sent + elapsed / 2;
+    Some(match server.duration_since(midpoint) {
+        Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+        Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+    })
+}
+
+/// `t` moved by `ms` milliseconds (either way).
+fn shift(t: SystemTime, ms: i64) -> SystemTime {
+    let by = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        t.checked_add(by)
+    } else {
+        t.checked_sub(by)
+    }
+    .unwrap_or(t)
 }
 
 /// An error answer's code, from `X-Amzn-ErrorType` or the body's `__type`,
@@ -439,6 +510,7 @@ mod tests {
             status,
             error_type_header: header.map(str::to_string),
             body: Bytes::from(body.to_string()),
+            skewed: false,
         }
     }
 
@@ -472,6 +544,58 @@ mod tests {
             assert!(!answer_is_retryable(&answer(400, None, &body)), "{code}");
         }
         assert!(!answer_is_retryable(&answer(501, None, "<html>")));
+        // A signature error is retried only from a server whose clock is off.
+        let bad_signature = r#"{"__type":"InvalidSignatureException","message":"expired"}"#;
+        let mut a = answer(400, None, bad_signature);
+        assert!(!answer_is_retryable(&a));
+        a.skewed = true;
+        assert!(answer_is_retryable(&a));
+    }
+
+    #[test]
+    fn skew_is_the_servers_date_against_the_exchanges_midpoint() {
+        let sent = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let received = sent + Duration::from_secs(2);
+        let headers = |date: &str, cached: bool| {
+            let mut h = http::HeaderMap::new();
+            h.insert("date", date.parse().expect("value"));
+            if cached {
+                h.insert("age", "10".parse().expect("value"));
+            }
+            h
+        };
+        let at = |t: SystemTime| {
+            aws_smithy_types::DateTime::from(t)
+                .fmt(aws_smithy_types::date_time::Format::HttpDate)
+                .expect("date")
+        };
+        let midpoint = sent + Duration::from_secs(1);
+        let ahead = at(midpoint + Duration::from_secs(3600));
+        let behind = at(midpoint - Duration::from_secs(600));
+        assert_eq!(
+            measured_skew(&headers(&ahead, false), sent, received),
+            Some(3_600_000)
+        );
+        assert_eq!(
+            measured_skew(&headers(&behind, false), sent, received),
+            Some(-600_000)
+        );
+        assert_eq!(
+            measured_skew(&headers(&ahead, true), sent, received),
+            None,
+            "cached"
+        );
+        assert_eq!(
+            measured_skew(&headers("yesterday", false), sent, received),
+            None
+        );
+        let slow = sent + MAX_TRUSTED_REQUEST_DURATION + Duration::from_secs(1);
+        assert_eq!(
+            measured_skew(&headers(&ahead, false), sent, slow),
+            None,
+            "too slow"
+        );
+        assert_eq!(shift(sent, -1000), sent - Duration::from_secs(1));
     }
 
     #[test]
@@ -535,34 +659,56 @@ mod tests {
         .expect("client")
     }
 
-    /// A local server answering the n-th request with `script[n]` (the
-    /// last entry repeats); each request's signature is checked with
-    /// keygate's own SigV4 verifier before it is answered.
+    /// A local server answering the n-th correctly signed request with
+    /// `script[n]` (the last entry repeats); each request's signature is
+    /// checked with keygate's own SigV4 verifier, and a bad one answered as
+    /// AWS does. Returns its URL and the count of requests it saw.
     async fn serve(script: Vec<(u16, &'static str)>) -> (String, Arc<AtomicUsize>) {
+        serve_with_clock(script, 0).await
+    }
+
+    /// [`serve`] with a clock `offset_secs` ahead of ours, which it uses to
+    /// check signatures and puts in each answer's `Date`.
+    async fn serve_with_clock(
+        script: Vec<(u16, &'static str)>,
+        offset_secs: i64,
+    ) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let count = Arc::new(AtomicUsize::new(0));
-        let (script, counter) = (Arc::new(script), count.clone());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let signed_ok = Arc::new(AtomicUsize::new(0));
+        let (script, counters) = (Arc::new(script), (seen.clone(), signed_ok));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (script, count) = (script.clone(), counter.clone());
+                let (script, counters) = (script.clone(), counters.clone());
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (script, count) = (script.clone(), count.clone());
+                        let (script, (seen, signed_ok)) = (script.clone(), counters.clone());
                         async move {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            let now = shift(SystemTime::now(), offset_secs * 1000);
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await?.to_bytes();
-                            let (status, answer) = match verify_signature(&parts, &body) {
-                                Err(e) => (403, format!("signature: {e}")),
+                            let (status, answer) = match verify_signature(&parts, &body, now) {
+                                Err(e) => (
+                                    400,
+                                    serde_json::json!({"__type": "InvalidSignatureException", "message": e})
+                                        .to_string(),
+                                ),
                                 Ok(()) => {
-                                    let n = count.fetch_add(1, Ordering::SeqCst);
+                                    let n = signed_ok.fetch_add(1, Ordering::SeqCst);
                                     let (status, answer) = script[n.min(script.len() - 1)];
                                     (status, answer.to_string())
                                 }
                             };
+                            let date = aws_smithy_types::DateTime::from(now)
+                                .fmt(aws_smithy_types::date_time::Format::HttpDate)
+                                .expect("an HTTP date");
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(answer)));
                             *resp.status_mut() =
                                 hyper::StatusCode::from_u16(status).expect("status");
+                            resp.headers_mut()
+                                .insert("date", date.parse().expect("header value"));
                             Ok::<_, hyper::Error>(resp)
                         }
                     },
@@ -573,10 +719,14 @@ mod tests {
                 );
             }
         });
-        (url, count)
+        (url, seen)
     }
 
-    fn verify_signature(parts: &http::request::Parts, body: &[u8]) -> Result<(), String> {
+    fn verify_signature(
+        parts: &http::request::Parts,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), String> {
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)
@@ -610,7 +760,7 @@ mod tests {
             sigv4::SigningMac::new(&key),
             "us-east-1",
             "secretsmanager",
-            Timestamp::now(),
+            Timestamp::from_system(now),
         )
         .map_err(|e| e.to_string())
     }
@@ -758,6 +908,18 @@ mod tests {
             assert_eq!(get(&c).await.status, 200);
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_server_an_hour_ahead_is_answered_after_one_retry_and_then_at_once() {
+        let (url, seen) = serve_with_clock(vec![(200, VALUE)], 3600).await;
+        let c = client(&url).await;
+        // Signed at our time: refused, the skew learned from its Date, retried.
+        assert_eq!(get(&c).await.status, 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        // Signed at the server's time from the start.
+        assert_eq!(get(&c).await.status, 200);
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
