@@ -220,15 +220,14 @@ impl SecretsUpstream for AwsUpstream {
         let c = match &self.calls {
             Calls::Sdk(client) => client,
             Calls::Direct(direct) => {
-                let answer = direct.call(operation, body).await?;
-                let captured = Captured {
-                    status: answer.status,
-                    error_type_header: answer.error_type_header,
-                    body: answer.body,
-                };
-                return match captured.status {
-                    200 => Ok(captured.body),
-                    _ => Err(UpstreamError::Service(parse_error(&captured))),
+                let a = direct.call(operation, body).await?;
+                return match a.status {
+                    200 => Ok(a.body),
+                    status => Err(UpstreamError::Service(parse_error(
+                        status,
+                        a.error_type_header.as_deref(),
+                        &a.body,
+                    ))),
                 };
             }
         };
@@ -268,7 +267,11 @@ impl SecretsUpstream for AwsUpstream {
         let captured = exchange.reply.lock().ok().and_then(|mut slot| slot.take());
         match captured {
             Some(c) if c.status == 200 => Ok(c.body),
-            Some(c) => Err(UpstreamError::Service(parse_error(&c))),
+            Some(c) => Err(UpstreamError::Service(parse_error(
+                c.status,
+                c.error_type_header.as_deref(),
+                &c.body,
+            ))),
             // No HTTP answer at all: connection refused, timeout, credentials.
             None => Err(UpstreamError::Unavailable(
                 sdk_result
@@ -284,7 +287,7 @@ impl SecretsUpstream for AwsUpstream {
 }
 
 /// Read an AWS JSON error; anything else (moto's HTML 500s) becomes a 502.
-fn parse_error(c: &Captured) -> ServiceError {
+fn parse_error(status: u16, error_type_header: Option<&str>, body: &[u8]) -> ServiceError {
     #[derive(serde::Deserialize)]
     struct Body {
         #[serde(rename = "__type")]
@@ -292,31 +295,31 @@ fn parse_error(c: &Captured) -> ServiceError {
         #[serde(alias = "Message")]
         message: Option<String>,
     }
-    let parsed: Option<Body> = serde_json::from_slice(&c.body).ok();
+    let parsed: Option<Body> = serde_json::from_slice(body).ok();
     let error_type = parsed
         .as_ref()
-        .and_then(|b| b.error_type.clone())
-        .or_else(|| c.error_type_header.clone())
-        // `__type` may carry a namespace (`com.amazonaws.secretsmanager#X`) or a `:` suffix.
-        .map(|t| {
-            let t = t.rsplit('#').next().unwrap_or(&t).to_string();
-            t.split(':').next().unwrap_or(&t).to_string()
-        });
+        .and_then(|b| b.error_type.as_deref())
+        .or(error_type_header)
+        .map(bare_error_code);
     match error_type {
         Some(t) => ServiceError {
-            status: c.status,
-            error_type: t,
+            status,
+            error_type: t.to_string(),
             message: parsed.and_then(|b| b.message).unwrap_or_default(),
         },
         None => ServiceError::new(
             502,
             "InternalServiceError",
-            format!(
-                "keygate: the upstream answered HTTP {} with an unreadable body",
-                c.status
-            ),
+            format!("keygate: the upstream answered HTTP {status} with an unreadable body"),
         ),
     }
+}
+
+/// An AWS error code without the namespace (`com.amazonaws.secretsmanager#X`)
+/// or `:` suffix that `__type` and `X-Amzn-ErrorType` may carry.
+pub(super) fn bare_error_code(raw: &str) -> &str {
+    let code = raw.rsplit('#').next().unwrap_or(raw);
+    code.split(':').next().unwrap_or(code)
 }
 
 #[cfg(test)]
@@ -324,12 +327,7 @@ mod tests {
     use super::*;
 
     fn check(status: u16, header: Option<&str>, body: &str, expect: (u16, &str, &str)) {
-        let c = Captured {
-            status,
-            error_type_header: header.map(str::to_string),
-            body: Bytes::from(body.to_string()),
-        };
-        let e = parse_error(&c);
+        let e = parse_error(status, header, body.as_bytes());
         assert_eq!(
             (e.status, e.error_type.as_str(), e.message.as_str()),
             expect

@@ -458,8 +458,8 @@ fn shift(t: SystemTime, ms: i64) -> SystemTime {
     .unwrap_or(t)
 }
 
-/// An error answer's code, from `X-Amzn-ErrorType` or the body's `__type`,
-/// without a namespace (`com.amazonaws...#`) or `:` suffix.
+/// An error answer's code, from `X-Amzn-ErrorType` or the body's `__type`
+/// (as the SDK reads it: the header first), without namespace or suffix.
 fn error_code(answer: &Answer) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Body {
@@ -471,8 +471,7 @@ fn error_code(answer: &Answer) -> Option<String> {
             .ok()
             .and_then(|b| b.error_type)
     })?;
-    let code = raw.rsplit('#').next().unwrap_or(&raw);
-    Some(code.split(':').next().unwrap_or(code).to_string())
+    Some(super::aws::bare_error_code(&raw).to_string())
 }
 
 /// Full jitter: `jitter` (0..1) times `initial_backoff * 2^retries`, capped.
